@@ -1,0 +1,105 @@
+"""Experiment and trial configuration: frozen dataclasses, and the rules that build a trial's
+method config. Precedence: method default (budgets scaled to the data set) < search-space sample
+< ``--set key=value``."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainables import REGISTRY
+from trainables.base import DataSpec, config_fields, scale_budgets
+
+
+class ConfigError(ValueError):
+    """Bad user input; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    method: str
+    dataset: str = "digits"
+    data_dir: str = "data"
+    download: bool = False
+    arch: str = "auto"
+    sampler: str = "tpe"
+    num_samples: int = 12
+    seed: int = 0
+    max_epochs: int = 8
+    storage_path: str = "ray_results"
+    name: str = ""
+    resume: bool = False
+    sets: tuple[tuple[str, Any], ...] = ()  # (field, value) fixed for every trial
+    eps_eval: float = 0.0  # 0: the data set's default (8/255 on CIFAR/SVHN, 0.2 on digits)
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    address: str = ""
+    eval_size: int = 500  # validation images for the per-epoch proxy
+    eval_steps: int = 20  # PGD steps of the per-epoch proxy
+    eot_samples: int = 20  # EOT gradient samples for randomized predictors
+    final_eval: bool = True
+    final_eval_size: int = 1000  # test images for the final suite
+    max_failures: int = 1  # Train worker-group restarts from the last checkpoint per trial
+    max_concurrent: int = 0  # 0: derived from the cluster's resources
+    scheduler: str = "none"  # "none" | "asha"
+    extra: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+def parse_set(items: list[str], method: str) -> tuple[tuple[str, Any], ...]:
+    """``key=value`` pairs, values parsed with ast.literal_eval and type-checked against the
+    method's config field."""
+    fields = config_fields(REGISTRY[method].Config)
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key not in fields:
+            raise ConfigError(f"--set {key}: method {method} has no such field; "
+                              f"known: {', '.join(sorted(fields))}")
+        out.append((key, coerce(key, text.strip(), fields[key], method)))
+    return tuple(out)
+
+
+def coerce(key: str, text: str, f: dataclasses.Field, method: str) -> Any:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text  # bare words are strings
+    typ = _field_type(f, method)
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typ in (int, float, bool, str) and type(value) is not typ:
+        raise ConfigError(f"--set {key}={text}: expected {typ.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _field_type(f: dataclasses.Field, method: str):
+    hints = typing.get_type_hints(REGISTRY[method].Config)
+    return hints.get(f.name, f.type)
+
+
+def default_config(method: str, spec: DataSpec):
+    """The method's defaults with budget fields scaled to the data set."""
+    return scale_budgets(REGISTRY[method].Config(), spec)
+
+
+def trial_config(method: str, spec: DataSpec, sampled: dict[str, Any], sets: dict[str, Any],
+                 epochs: int, arch: str):
+    """Defaults < sampled < --set; epochs and architecture come from the experiment."""
+    cfg = default_config(method, spec)
+    known = config_fields(type(cfg))
+    changes = {"epochs": epochs, "arch": arch}
+    for k, v in {**sampled, **sets}.items():
+        if k not in known:
+            raise ConfigError(f"{k}: method {method} has no such field")
+        changes[k] = v
+    return dataclasses.replace(cfg, **changes)
+
+
+def config_dict(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

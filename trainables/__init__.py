@@ -1,0 +1,11 @@
+"""The defense registry: an explicit mapping name -> defense. ``--method`` choices are its keys;
+a new method is one module, one search-space file and one line here."""
+from trainables.pgd_at import PGDAT
+from trainables.standard import Standard
+from trainables.trades import TRADES
+
+REGISTRY = {
+    "standard": Standard(),
+    "pgd_at": PGDAT(),
+    "trades": TRADES(),
+}
