@@ -141,6 +141,11 @@ class Defense:
     def predictor(self, nets, cfg) -> Predictor:
         return Predictor(nets["classifier"])
 
+    def extra_attacks(self, nets, cfg) -> dict[str, Callable]:
+        """Unseen attacks that this defense's own networks make possible, by name:
+        ``attack(model, x, y, eps) -> x_adv`` (ijsat: the on-manifold attack through its flow)."""
+        return {}
+
 
 def config_fields(cfg_cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cfg_cls)}
