@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from trainables import REGISTRY
@@ -39,13 +39,14 @@ class ExperimentConfig:
     address: str = ""
     eval_size: int = 500  # validation images for the per-epoch proxy
     eval_steps: int = 20  # PGD steps of the per-epoch proxy
-    eot_samples: int = 20  # EOT gradient samples for randomized predictors
+    eval_eot: int = 10  # EOT samples of the per-epoch proxy for randomized predictors
+    eot_samples: int = 20  # EOT gradient samples for randomized predictors in the final suite
     final_eval: bool = True
     final_eval_size: int = 1000  # test images for the final suite
     max_failures: int = 1  # Train worker-group restarts from the last checkpoint per trial
     max_concurrent: int = 0  # 0: derived from the cluster's resources
     scheduler: str = "none"  # "none" | "asha"
-    extra: dict = field(default_factory=dict, hash=False, compare=False)
+    verbose: bool = False
 
 
 def parse_set(items: list[str], method: str) -> tuple[tuple[str, Any], ...]:

@@ -1,0 +1,132 @@
+"""The attack suite: a registry (plain data) of attacks, each a pure function of tensors.
+
+Every attack has the call shape ``fn(model, x, y, eps, *, eot=1, seed=0, **params) -> x_adv``:
+``x`` in [0, 1] (N×C×H×W) on any device, ``model`` maps images to logits and is called as is
+(the caller puts it in eval mode), ``eot`` > 1 averages each gradient (and each score) over that
+many draws of a randomized model, ``seed`` seeds the attack's own generator (no global RNG
+state is used). The result is detached, in [0, 1], and within the attack's budget.
+
+Threat labels are relative to a trial's threat model, L∞ at ε_eval: "seen" attacks are L∞ at
+ε_eval; "unseen" ones use another geometry (L2, flow, colour, DCT) or are natural corruptions;
+"check" attacks exist for the gradient-masking checks (ε sweeps) and count in no robust number.
+
+Budgets are plain data, ``(kind, factor)``: ``eps_eval`` (× the trial's L∞ radius),
+``eps_eval_l2`` (× the data set's L2 radius), ``cifar`` (a CIFAR-scale value × the data set's
+eps_scale, the convention of the search spaces), ``size`` (× the image side, pixels),
+``abs`` (the factor itself) and ``none``.
+
+Settings are the literature's standard: PGD 50 steps × 5 restarts (CE and CW margin),
+APGD-CE/-DLR 100 iterations (AutoAttack), APGD-T 9 targets × 100 iterations, Square 5000
+queries with p_init 0.8. Unseen budgets follow Laidlaw et al. (2021) and Kang et al. (2019)
+in spirit: StAdv flow ≤ 1 px at 32 px, ReColor 0.06 per channel at CIFAR scale, JPEG 8/255 per
+DCT coefficient at CIFAR scale.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from raysearch.attacks.apgd import apgd
+from raysearch.attacks.corruptions import CORRUPTIONS, corrupt
+from raysearch.attacks.jpeg import jpeg
+from raysearch.attacks.pgd import fgsm, pgd
+from raysearch.attacks.recolor import recolor
+from raysearch.attacks.square import square
+from raysearch.attacks.stadv import stadv
+from trainables.base import DataSpec
+
+SEEN, UNSEEN, CHECK = "seen", "unseen", "check"
+BUDGET_KINDS = ("eps_eval", "eps_eval_l2", "cifar", "size", "abs", "none")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    fn: Callable
+    family: str  # attacks of one family are variants of one method; reported as their worst case
+    threat: str  # SEEN | UNSEEN | CHECK
+    norm: str  # "linf" | "l2" | "flow" | "colour" | "dct" | "none"
+    budget: tuple[str, float]  # (kind, factor), see the module docstring
+    params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    gradient: bool = True  # white-box: uses input gradients (so EOT and BPDA variants apply)
+    default: bool = True  # part of the default suite
+    surrogate: bool = False  # crafted on the bare classifier and transferred to the predictor
+    summary: str = ""
+
+
+def _spec(name, fn, family, threat, norm, budget, params=None, **kw) -> tuple[str, AttackSpec]:
+    return name, AttackSpec(name, fn, family, threat, norm, budget, MappingProxyType(dict(params or {})), **kw)
+
+
+PGD = {"steps": 50, "restarts": 5}
+CHECK_PGD = {"steps": 50, "restarts": 1, "loss": "ce"}
+
+ATTACKS: dict[str, AttackSpec] = dict([
+    # seen: L∞ at ε_eval
+    _spec("fgsm", fgsm, "fgsm", SEEN, "linf", ("eps_eval", 1.0), summary="one signed step of size ε"),
+    _spec("pgd_ce", pgd, "pgd", SEEN, "linf", ("eps_eval", 1.0), {**PGD, "loss": "ce"},
+          summary="PGD-50, 5 restarts, cross-entropy"),
+    _spec("pgd_cw", pgd, "pgd", SEEN, "linf", ("eps_eval", 1.0), {**PGD, "loss": "margin"},
+          summary="PGD-50, 5 restarts, CW margin loss"),
+    _spec("apgd_ce", apgd, "apgd", SEEN, "linf", ("eps_eval", 1.0), {"n_iter": 100, "loss": "ce"},
+          summary="APGD-CE, 100 iterations (AutoAttack)"),
+    _spec("apgd_dlr", apgd, "apgd", SEEN, "linf", ("eps_eval", 1.0), {"n_iter": 100, "loss": "dlr"},
+          summary="APGD-DLR, 100 iterations (AutoAttack)"),
+    _spec("apgd_t", apgd, "apgd", SEEN, "linf", ("eps_eval", 1.0), {"n_iter": 100, "n_targets": 9},
+          summary="APGD-T, targeted DLR, 9 targets × 100 iterations (AutoAttack standard)"),
+    _spec("square", square, "square", SEEN, "linf", ("eps_eval", 1.0), {"n_queries": 5000, "p_init": 0.8},
+          gradient=False, summary="Square, 5000 queries, p_init 0.8 (gradient-free)"),
+    _spec("transfer_pgd", pgd, "transfer", SEEN, "linf", ("eps_eval", 1.0), {**PGD, "loss": "ce"},
+          surrogate=True, summary="PGD-50 × 5 on the bare classifier, transferred to the predictor"),
+    # unseen
+    _spec("pgd_l2", pgd, "pgd_l2", UNSEEN, "l2", ("eps_eval_l2", 1.0), {**PGD, "loss": "ce", "norm": "l2"},
+          summary="L2 PGD-50, 5 restarts"),
+    _spec("apgd_l2", apgd, "apgd_l2", UNSEEN, "l2", ("eps_eval_l2", 1.0), {"n_iter": 100, "loss": "ce", "norm": "l2"},
+          summary="L2 APGD-CE, 100 iterations"),
+    _spec("stadv", stadv, "stadv", UNSEEN, "flow", ("size", 1 / 32), {"steps": 50},
+          summary="StAdv flow field ≤ 1 px at 32 px, smoothness penalty"),
+    _spec("recolor", recolor, "recolor", UNSEEN, "colour", ("cifar", 0.06), {"steps": 50},
+          summary="smooth colour mapping, ≤ 0.06 per channel at CIFAR scale"),
+    _spec("jpeg", jpeg, "jpeg", UNSEEN, "dct", ("cifar", 8 / 255), {"steps": 50},
+          summary="8×8 block DCT coefficients, ≤ 8/255 each at CIFAR scale"),
+    *[_spec(f"{kind}_s{sev}", corrupt, "corruption", UNSEEN, "none", ("none", math.nan),
+            {"kind": kind, "severity": sev}, gradient=False, default=sev in (1, 3, 5),
+            summary=f"{kind.replace('_', ' ')}, severity {sev}")
+      for kind in CORRUPTIONS for sev in range(1, 6)],
+    # checks: ε sweep with one PGD setting (robust accuracy must fall with ε, to ~0 unbounded)
+    *[_spec(f"pgd_eps_x{f:g}", pgd, "eps_sweep", CHECK, "linf", ("eps_eval", f), CHECK_PGD,
+            summary=f"PGD-50 at {f:g}×ε_eval") for f in (0.5, 1.0, 2.0)],
+    _spec("pgd_unbounded", pgd, "eps_sweep", CHECK, "linf", ("abs", 1.0), CHECK_PGD,
+          summary="PGD-50 at ε = 1 (any image): must reach ~0%"),
+])
+
+DEFAULT_SUITE: tuple[str, ...] = tuple(n for n, a in ATTACKS.items() if a.default)
+
+
+def budget(attack: AttackSpec, spec: DataSpec, eps_eval: float | None = None) -> float:
+    """The attack's ε for a data set (and a trial's L∞ radius, default the data set's)."""
+    kind, factor = attack.budget
+    if kind == "eps_eval":
+        return factor * (spec.eps_eval if eps_eval is None else eps_eval)
+    if kind == "eps_eval_l2":
+        return factor * spec.eps_eval_l2
+    if kind == "cifar":
+        return factor * spec.eps_scale
+    if kind == "size":
+        return factor * spec.size
+    if kind == "abs":
+        return factor
+    if kind == "none":
+        return math.nan
+    raise ValueError(f"{attack.name}: unknown budget kind {kind!r}; known: {', '.join(BUDGET_KINDS)}")
+
+
+def run(attack: AttackSpec, model: Callable, x, y, eps: float, *, eot: int = 1, seed: int = 0):
+    """Call an attack with its registered parameters."""
+    return attack.fn(model, x, y, eps, eot=eot, seed=seed, **attack.params)
+
+
+__all__ = ["ATTACKS", "AttackSpec", "DEFAULT_SUITE", "SEEN", "UNSEEN", "CHECK", "budget", "run",
+           "apgd", "pgd", "fgsm", "square", "stadv", "recolor", "jpeg", "corrupt"]

@@ -1,0 +1,128 @@
+"""Auto-PGD (Croce & Hein, ICML 2020), the gradient attacks of AutoAttack, in L∞ and L2.
+
+Step-size-free PGD with momentum: the step starts at 2ε, the iterate moves by
+x_{k+1} = P(x_k + α(z_{k+1} − x_k) + (1−α)(x_k − x_{k−1})) with α = 0.75 (α = 1 on the first
+step), and at each checkpoint w_j the step of an example is halved (and it restarts from its
+best point) when at most ρ = 0.75 of the steps since the last checkpoint raised its loss,
+or when its step was not halved at the previous checkpoint and its best loss has not improved
+since. Checkpoints are w_j = p_j·N_iter with p_0 = 0, p_1 = 0.22,
+p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06): with 100 iterations 22, 41, 57, 70, 80, 87,
+93, 99. Standard settings (AutoAttack "standard"): 100 iterations, 1 restart for APGD-CE and
+APGD-DLR, 9 target classes for APGD-T; EOT over 20 draws for randomized models ("rand").
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from raysearch.attacks import core
+
+RHO = 0.75  # fraction of loss-raising steps below which the step is halved
+MOMENTUM = 0.75
+
+
+def checkpoints(n_iter: int) -> list[int]:
+    """Iterations at which the step size is revisited. The interval lengths are whole numbers
+    of iterations, as in the reference code: ⌊0.22·N⌋ first, then shorter by ⌊0.03·N⌋ each
+    time down to ⌊0.06·N⌋ (at least 1 each)."""
+    k, decr, k_min = max(int(0.22 * n_iter), 1), max(int(0.03 * n_iter), 1), max(int(0.06 * n_iter), 1)
+    out, at = [], k
+    while at <= n_iter:
+        out.append(at)
+        k = max(k - decr, k_min)
+        at += k
+    return out
+
+
+def apgd(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "linf",
+         n_iter: int = 100, loss: str = "ce", restarts: int = 1, n_targets: int = 0,
+         eot: int = 1, seed: int = 0) -> torch.Tensor:
+    """APGD with ``loss`` in {"ce", "dlr"} (untargeted), or APGD-T (targeted DLR against each of
+    the ``n_targets`` most likely wrong classes in turn) when ``n_targets`` > 0. Restarts and
+    targets run only on the images not fooled yet."""
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"apgd: norm must be linf or l2, got {norm!r}")
+    x, y = x.detach(), y.detach()
+    if eps <= 0 or n_iter <= 0 or not len(x):
+        return x.clone()
+    g = core.generator(x, seed)
+    best = x.clone()
+    alive = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    if n_targets > 0:
+        with torch.no_grad():
+            ranked = core.probs(core.draws(model, x, eot)).sort(1, descending=True).indices
+        # the k-th most likely class other than the true one
+        ranked = torch.stack([r[r != t] for r, t in zip(ranked, y)])
+        runs = [(ranked[:, k], r) for k in range(min(n_targets, ranked.shape[1])) for r in range(max(restarts, 1))]
+    else:
+        runs = [(None, r) for r in range(max(restarts, 1))]
+    for target, _ in runs:
+        idx = alive.nonzero().squeeze(1)
+        if not len(idx):
+            break
+        if target is None:
+            loss_fn = core.LOSSES[loss]
+        else:
+            t = target[idx]
+            loss_fn = lambda z, yy, t=t: core.dlr_targeted_loss(z, yy, t)  # noqa: E731
+        x_adv, fooled = _run(model, x[idx], y[idx], eps, norm, n_iter, loss_fn, eot, g)
+        best[idx] = x_adv
+        alive[idx[fooled]] = False
+    return best
+
+
+def _step(x_adv, grad, step, x, eps, norm):
+    if norm == "linf":
+        return core.project_linf(x_adv + step * grad.sign(), x, eps)
+    return core.project_l2(x_adv + step * grad / (core.l2_norm(grad) + 1e-12), x, eps)
+
+
+def _project(x_adv, x, eps, norm):
+    return core.project_linf(x_adv, x, eps) if norm == "linf" else core.project_l2(x_adv, x, eps)
+
+
+def _run(model, x, y, eps, norm, n_iter, loss_fn, eot, g):
+    n = len(x)
+    shape = (n,) + (1,) * (x.dim() - 1)
+    if norm == "linf":
+        t = core.uniform(g, x.shape, x, -1, 1)
+        x_adv = (x + eps * t / t.flatten(1).abs().amax(1).view(shape)).clamp(0, 1)
+    else:
+        t = core.normal(g, x.shape, x)
+        x_adv = (x + eps * t / (core.l2_norm(t) + 1e-12)).clamp(0, 1)
+    loss, grad, p = core.loss_grad(model, x_adv, y, loss_fn, eot)
+    fooled = p.argmax(1) != y
+    x_found = x_adv.clone()  # an iterate that fools the model, where one was found
+    x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
+    step = torch.full(shape, 2.0 * eps, device=x.device, dtype=x.dtype)
+    x_prev = x_adv.clone()
+    marks = set(checkpoints(n_iter))
+    last_mark = 0
+    history = [loss]  # loss at every iterate, from the start point
+    best_at_last_mark = loss_best.clone()
+    halved_at_last_mark = torch.ones(n, dtype=torch.bool, device=x.device)
+    for i in range(n_iter):
+        with torch.no_grad():
+            a = MOMENTUM if i > 0 else 1.0
+            z = _step(x_adv, grad, step, x, eps, norm)
+            x_new = _project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), x, eps, norm)
+            x_prev, x_adv = x_adv, x_new
+        loss, grad, p = core.loss_grad(model, x_adv, y, loss_fn, eot)
+        with torch.no_grad():
+            wrong = (p.argmax(1) != y) & ~fooled
+            x_found[wrong] = x_adv[wrong]
+            fooled |= wrong
+            better = loss > loss_best
+            x_best[better], grad_best[better], loss_best[better] = x_adv[better], grad[better], loss[better]
+            history.append(loss)
+            if i + 1 in marks:
+                span = i + 1 - last_mark
+                raised = sum((history[k] > history[k - 1]).float() for k in range(last_mark + 1, i + 2))
+                halve = (raised <= RHO * span) | (~halved_at_last_mark & (loss_best <= best_at_last_mark))
+                step[halve] /= 2.0
+                x_adv[halve], grad[halve] = x_best[halve], grad_best[halve]
+                halved_at_last_mark, best_at_last_mark, last_mark = halve, loss_best.clone(), i + 1
+    # not fooled: return the highest-loss point (any point of the ball is as good for them)
+    x_found[~fooled] = x_best[~fooled]
+    return x_found, fooled

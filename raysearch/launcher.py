@@ -1,0 +1,394 @@
+"""Ray glue of a search: connect to Ray, build the Optuna searcher and the Tuner, run one Ray
+Train ``TorchTrainer`` per trial, keep the Parquet store current, print the front.
+
+Resources: a Tune trial is only the Train driver and reserves nothing; its Train workers
+reserve the CPUs/GPUs in their own placement group; concurrency is derived from the cluster's
+resources so trials queue instead of deadlocking (see RAY.md beside this project's docs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+import ray.train
+import ray.tune
+from ray.tune.search.optuna import OptunaSearch
+
+import search_spaces
+from raysearch import data as data_mod
+from raysearch import store
+from raysearch.config import ExperimentConfig, default_config
+from raysearch.pareto import hypervolume_2d, pareto_mask
+
+OBJECTIVES = ("clean_acc", "robust_acc")
+TRAIN_DIR = "train"  # <experiment>/train/<trial_id>/: each trial's Ray Train run and checkpoints
+
+
+class LaunchError(Exception):
+    """A problem with the cluster or the experiment folder; one line for the user."""
+
+
+# ---------------------------------------------------------------- the Tune trial (Train driver)
+
+def run_trial(config: dict[str, Any], exp: dict[str, Any]) -> None:
+    """Tune function trainable: drives one TorchTrainer and re-emits its final metrics, so the
+    last result Optuna sees is the trial's (RAY.md: after a resume Tune's last result can lag)."""
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raysearch.worker import train_loop
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    started = time.time()
+    use_gpu = exp["gpus_per_worker"] > 0
+    per_worker = {"CPU": exp["cpus_per_worker"]}
+    if use_gpu:
+        per_worker["GPU"] = exp["gpus_per_worker"]
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"method": exp["method"], "experiment": exp, "sampled": config, "trial_id": trial_id},
+        scaling_config=ray.train.ScalingConfig(num_workers=exp["workers_per_trial"], use_gpu=use_gpu,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=trial_id,  # stable across restarts: a rerun resumes from the last checkpoint
+            storage_path=str(Path(exp["exp_dir"]) / TRAIN_DIR),
+            failure_config=ray.train.FailureConfig(max_failures=exp["max_failures"]),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    final: dict[str, Any] = {"final": True}
+    try:
+        result = trainer.fit()
+        metrics = dict(result.metrics or {})
+        final.update({k: metrics.get(k) for k in ("epoch", "clean_acc", "robust_acc", "nodes", "eval_n")})
+        final["checkpoint_path"] = result.checkpoint.path if result.checkpoint else ""
+        if metrics.get("diverged"):
+            final.update(status=store.FAILED, error=f"diverged: {metrics['diverged']}")
+        elif result.checkpoint is None:
+            final.update(status=store.FAILED, error="no epoch completed")
+        else:
+            final["status"] = store.COMPLETED
+    except Exception as e:  # a trial that raises is recorded as failed; the search goes on
+        cause = e.__cause__ or e
+        final.update(status=store.FAILED, error=f"{type(cause).__name__}: {cause}".splitlines()[0][:500],
+                     traceback="".join(traceback.format_exception(e))[-4000:])
+    if final["status"] == store.FAILED:
+        final["clean_acc"] = final["robust_acc"] = math.nan
+    final["wall_s"] = time.time() - started
+    ray.tune.report(final)
+
+
+# ---------------------------------------------------------------- Optuna: failures are failures
+
+class Searcher(OptunaSearch):
+    """OptunaSearch that tells Optuna FAIL (with the reason as a user attribute) for a trial that
+    raised, diverged or reported a non-finite objective; the stock one leaves such a trial
+    RUNNING forever, which skews the sampler (RAY.md)."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        values = [None if not result else result.get(m) for m in OBJECTIVES]
+        failed = error or (result or {}).get("status") == store.FAILED or any(
+            v is None or not math.isfinite(v) for v in values)
+        if not failed or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        ot_trial = self._ot_trials[trial_id]
+        reason = (result or {}).get("error") or ("the trial raised" if error else "non-finite objective")
+        self._ot_study._storage.set_trial_user_attr(ot_trial._trial_id, "fail_reason", str(reason)[:1000])
+        self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+        self._completed_trials.add(trial_id)
+
+
+def make_sampler(name: str, seed: int, num_samples: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(num_samples // 3, 1)),
+                                          multivariate=True)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, num_samples // 3)))
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(5, max(num_samples // 3, 1)))
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+# ---------------------------------------------------------------- the results store, kept current
+
+class StoreCallback(ray.tune.Callback):
+    """Writes trials.parquet / evals.parquet as results arrive (atomically) and prints progress.
+    Rows are keyed (trial, stage, epoch, attack), so epochs re-reported after a resume replace
+    their earlier rows instead of being counted twice."""
+
+    def __init__(self, exp: ExperimentConfig, exp_dir: Path, searched: list[str]):
+        self.exp, self.exp_dir, self.searched = exp, exp_dir, searched
+        self.trials: dict[str, dict] = {r["trial_id"]: r for r in store.read_rows(exp_dir / store.TRIALS)}
+        self.evals: dict[tuple, dict] = {
+            (r["trial_id"], r["stage"], r["epoch"], r["attack"]): r for r in store.read_rows(exp_dir / store.EVALS)}
+        self.t0 = time.time()
+
+    def _row(self, trial) -> dict:
+        row = self.trials.get(trial.trial_id)
+        if row is None:
+            spec = data_mod.SPECS[self.exp.dataset]
+            cfg = dataclasses.asdict(default_config(self.exp.method, spec))
+            cfg.update(trial.config)
+            cfg.update(dict(self.exp.sets))
+            cfg.update(epochs=self.exp.max_epochs, arch=self.exp.arch)
+            row = {"experiment": self.exp.name, "trial_id": trial.trial_id, "method": self.exp.method,
+                   "dataset": self.exp.dataset, "arch": self.exp.arch, "status": store.RUNNING, "error": None,
+                   "eps_eval": self.exp.eps_eval, "epochs": 0, "num_workers": self.exp.workers_per_trial,
+                   "started_at": time.time(), "config_json": json.dumps(cfg, default=str),
+                   **{f"{store.HP_PREFIX}{k}": v for k, v in cfg.items() if isinstance(v, (int, float, str, bool))}}
+            self.trials[trial.trial_id] = row
+        return row
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._row(trial)
+        self._write()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        row = self._row(trial)
+        if result.get("final"):
+            self._finish(row, result)
+        elif "epoch" in result:
+            row.update(epochs=int(result["epoch"]), clean_acc=result["clean_acc"], robust_acc=result["robust_acc"],
+                       nodes=result.get("nodes"), checkpoint=result.get("checkpoint_path") or row.get("checkpoint"))
+            base = {"experiment": self.exp.name, "trial_id": trial.trial_id, "method": self.exp.method,
+                    "dataset": self.exp.dataset, "stage": "trial", "epoch": int(result["epoch"]),
+                    "n": int(result.get("eval_n", 0)), "seconds": float(result.get("eval_s", math.nan))}
+            self.evals[(trial.trial_id, "trial", base["epoch"], "clean")] = {
+                **base, "attack": "clean", "family": "clean", "threat": "clean", "norm": "none", "eps": math.nan,
+                "accuracy": result["clean_acc"], "eot_samples": int(result.get("eval_eot", 1))}
+            self.evals[(trial.trial_id, "trial", base["epoch"], "pgd_proxy")] = {
+                **base, "attack": f"pgd{self.exp.eval_steps}_linf", "family": "pgd", "threat": "seen",
+                "norm": "linf", "eps": self.exp.eps_eval, "accuracy": result["robust_acc"],
+                "eot_samples": int(result.get("eval_eot", 1))}
+            self._progress(trial, row, result)
+        self._write()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        row = self._row(trial)
+        if row["status"] == store.RUNNING:
+            err = getattr(trial, "error_file", None)
+            msg = "the trial's driver failed"
+            if err and os.path.exists(err):
+                lines = [ln for ln in Path(err).read_text().splitlines() if ln.strip()]
+                msg = lines[-1][:500] if lines else msg
+            row.update(status=store.FAILED, error=msg, finished_at=time.time())
+            print(f"  trial {trial.trial_id} failed: {msg}", flush=True)
+        self._write()
+
+    def _finish(self, row: dict, result: dict):
+        row.update(status=result["status"], error=result.get("error"), finished_at=time.time(),
+                   wall_s=result.get("wall_s"), checkpoint=result.get("checkpoint_path") or row.get("checkpoint"))
+        if result["status"] == store.COMPLETED:
+            row.update(clean_acc=result["clean_acc"], robust_acc=result["robust_acc"], epochs=int(result["epoch"]),
+                       nodes=result.get("nodes") or row.get("nodes"))
+        devices = self.exp.workers_per_trial * (self.exp.gpus_per_worker or 1)
+        row["device_s"] = (row.get("wall_s") or 0.0) * devices
+        done = sum(r["status"] != store.RUNNING for r in self.trials.values())
+        what = (f"clean {row['clean_acc']:.3f}  robust {row['robust_acc']:.3f}" if result["status"] == store.COMPLETED
+                else f"FAILED: {row['error']}")
+        print(f"[{done}/{self.exp.num_samples}] trial {row['trial_id']} done in {row.get('wall_s', 0):.0f}s: {what}",
+              flush=True)
+
+    def _progress(self, trial, row, result):
+        print(f"    trial {trial.trial_id} epoch {int(result['epoch'])}/{self.exp.max_epochs}: "
+              f"clean {result['clean_acc']:.3f}  robust {result['robust_acc']:.3f}  "
+              f"({time.time() - self.t0:.0f}s elapsed)", flush=True)
+
+    def _write(self):
+        store.write_trials(self.exp_dir, self.trials.values())
+        store.write_evals(self.exp_dir, self.evals.values())
+
+
+# ---------------------------------------------------------------- connect and size
+
+def quiet(verbose: bool) -> None:
+    """The CLI prints its own progress; Tune's tables and Optuna's per-trial lines are noise here."""
+    if not verbose:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def connect(exp: ExperimentConfig) -> str:
+    """Connect (or start a local Ray on 127.0.0.1); returns the Ray dashboard URL."""
+    env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")}
+    kwargs: dict[str, Any] = dict(runtime_env={"env_vars": env}, log_to_driver=exp.verbose,
+                                  logging_level="INFO" if exp.verbose else "ERROR")
+    try:
+        if exp.address:
+            ctx = ray.init(address=exp.address, **kwargs)
+        else:
+            ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise LaunchError(f"could not connect to Ray at {exp.address or 'a new local instance'}: "
+                          f"{str(e).splitlines()[0]}") from None
+    return getattr(ctx, "dashboard_url", "") or ""
+
+
+def concurrency(exp: ExperimentConfig, resources: dict[str, float]) -> int:
+    """How many trials fit the cluster at once; errors now where a trial can never be placed."""
+    need_cpu = exp.workers_per_trial * exp.cpus_per_worker
+    need_gpu = exp.workers_per_trial * exp.gpus_per_worker
+    have_cpu, have_gpu = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if need_gpu and not have_gpu:
+        raise LaunchError(f"--gpus-per-worker {exp.gpus_per_worker}: the Ray cluster has no GPUs "
+                          f"(resources: {have_cpu:g} CPU); drop the flag to train on CPU")
+    if need_gpu > have_gpu:
+        raise LaunchError(f"a trial needs {need_gpu:g} GPUs ({exp.workers_per_trial} workers × "
+                          f"{exp.gpus_per_worker:g}) but the cluster has {have_gpu:g}")
+    if need_cpu > have_cpu:
+        raise LaunchError(f"a trial needs {need_cpu:g} CPUs ({exp.workers_per_trial} workers × "
+                          f"{exp.cpus_per_worker:g}) but the cluster has {have_cpu:g}")
+    fits = [math.floor(have_cpu / need_cpu) if need_cpu else math.inf,
+            math.floor(have_gpu / need_gpu) if need_gpu else math.inf]
+    n = min(fits)
+    n = exp.num_samples if n == math.inf else int(n)
+    if exp.max_concurrent:
+        n = min(n, exp.max_concurrent)
+    return max(1, min(n, exp.num_samples))
+
+
+def provenance(exp: ExperimentConfig, space: dict, resources: dict) -> dict:
+    import torch
+
+    def git_rev() -> str:
+        try:
+            return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                  cwd=Path(__file__).parent).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    versions = {}
+    for mod in ("torch", "torchvision", "ray", "optuna", "pyarrow", "numpy", "normflows", "ot"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            versions[mod] = None
+    return {"schema_version": store.SCHEMA_VERSION, "config": dataclasses.asdict(exp),
+            "objectives": list(OBJECTIVES), "search_space": space, "versions": versions, "git_revision": git_rev(),
+            "python": sys.version.split()[0], "platform": platform.platform(),
+            "hardware": {"cluster_resources": resources,
+                         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]},
+            "created_at": time.time()}
+
+
+# ---------------------------------------------------------------- the search
+
+def run(exp: ExperimentConfig) -> int:
+    exp_dir = Path(exp.storage_path) / exp.name
+    spec = data_mod.SPECS[exp.dataset]
+    space_data = search_spaces.load(exp.method)
+    fixed = dict(exp.sets)
+    space_data = {k: v for k, v in space_data.items() if k not in fixed}
+    space = search_spaces.to_optuna(space_data, spec.eps_scale)
+    quiet(exp.verbose)
+    dashboard_url = connect(exp)
+    try:
+        resources = ray.cluster_resources()
+        n_conc = concurrency(exp, resources)
+        print(f"raysearch: {exp.method} on {exp.dataset}, {exp.num_samples} trials × {exp.max_epochs} epochs, "
+              f"{n_conc} at a time ({exp.workers_per_trial} worker(s) each), sampler {exp.sampler}", flush=True)
+        print(f"  Ray dashboard: {dashboard_url or 'off'}   results: {exp_dir}", flush=True)
+        if not exp.resume:
+            exp_dir.mkdir(parents=True, exist_ok=False)
+            store.write_json(exp_dir / store.EXPERIMENT, provenance(exp, space_data, resources))
+        exp_payload = {**dataclasses.asdict(exp), "exp_dir": str(exp_dir), "storage": exp.storage_path,
+                       "eps_eval": exp.eps_eval}
+        trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, exp=exp_payload), {"cpu": 0, "memory": 1})  # the driver reserves nothing real
+        callback = StoreCallback(exp, exp_dir, list(space))
+        if exp.resume:
+            if not ray.tune.Tuner.can_restore(str(exp_dir)):
+                raise LaunchError(f"--resume: {exp_dir} holds no restorable search state")
+            tuner = ray.tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True,
+                                           restart_errored=False)
+        else:
+            study_storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / 'optuna.db'}")
+            defaults = dataclasses.asdict(default_config(exp.method, spec))
+            start = {k: defaults[k] for k in space if search_spaces.contains(space[k], defaults[k])}
+            searcher = Searcher(space=space, metric=list(OBJECTIVES), mode=["max", "max"],
+                                sampler=make_sampler(exp.sampler, exp.seed, exp.num_samples),
+                                storage=study_storage, study_name=exp.name,
+                                points_to_evaluate=[start] if len(start) == len(space) else None)
+            tuner = ray.tune.Tuner(
+                trainable,
+                tune_config=ray.tune.TuneConfig(search_alg=searcher, num_samples=exp.num_samples,
+                                                max_concurrent_trials=n_conc),
+                run_config=ray.tune.RunConfig(name=exp.name, storage_path=exp.storage_path, verbose=0,
+                                              callbacks=[callback],
+                                              failure_config=ray.tune.FailureConfig(max_failures=2)),
+            )
+        if exp.resume:
+            # a restored Tuner keeps its own callbacks list: attach ours for this session
+            tuner._local_tuner._run_config.callbacks = [callback]
+        t0 = time.time()
+        tuner.fit()
+        print(f"search finished in {time.time() - t0:.0f}s", flush=True)
+        report(exp_dir)
+        if exp.final_eval:
+            final_evaluation(exp, exp_dir)
+        print(f"\nresults: {exp_dir}\n  trials.parquet, evals.parquet, experiment.json")
+        print(f"dashboard: streamlit run dashboard/app.py -- --results {exp.storage_path}")
+        return 0
+    finally:
+        ray.shutdown()
+
+
+def final_evaluation(exp: ExperimentConfig, exp_dir: Path) -> None:
+    try:
+        from raysearch import evaluate
+    except ImportError:
+        print("final evaluation: the attack suite is not available in this installation", file=sys.stderr)
+        return
+    evaluate.evaluate_experiment(exp_dir, subset=exp.final_eval_size, eot=exp.eot_samples, progress=True)
+
+
+def front_table(rows: list[dict], searched: list[str]) -> tuple[list[dict], float]:
+    done = [r for r in rows if r["status"] == store.COMPLETED]
+    pts = [[r["clean_acc"], r["robust_acc"]] for r in done]
+    if not pts:
+        return [], 0.0
+    mask = pareto_mask(pts)
+    front = sorted([r for r, m in zip(done, mask) if m], key=lambda r: -r["robust_acc"])
+    return front, hypervolume_2d(pts)
+
+
+def report(exp_dir: Path) -> None:
+    rows = store.read_rows(exp_dir / store.TRIALS)
+    meta = json.loads((exp_dir / store.EXPERIMENT).read_text())
+    searched = list(meta.get("search_space", {}))
+    failed = [r for r in rows if r["status"] == store.FAILED]
+    front, hv = front_table(rows, searched)
+    eps = meta["config"]["eps_eval"]
+    print(f"\nPareto front: clean accuracy vs robust accuracy under L∞ PGD-{meta['config']['eval_steps']} at "
+          f"ε={eps:.4g} (validation split, per-epoch proxy), {len(front)} of "
+          f"{sum(r['status'] == store.COMPLETED for r in rows)} completed trials")
+    if not front:
+        print("  no completed trial")
+    else:
+        cols = ["trial_id", "clean_acc", "robust_acc", *searched]
+        cells = [[r["trial_id"], f"{r['clean_acc']:.3f}", f"{r['robust_acc']:.3f}",
+                  *[_fmt(r.get(store.HP_PREFIX + k)) for k in searched]] for r in front]
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+        for row in cells:
+            print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print(f"hypervolume (reference point clean=0, robust=0): {hv:.4f}")
+    for r in failed:
+        print(f"  failed trial {r['trial_id']}: {r['error']}")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)

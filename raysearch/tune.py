@@ -1,0 +1,163 @@
+"""``python -m raysearch.tune --method M``: a multi-objective hyperparameter search of one defense.
+
+Every trial is a Ray Train ``TorchTrainer`` run (DDP workers on CPU or GPU) driven by a Ray Tune
+function trainable; Ray Tune's ``OptunaSearch`` samples the method's search space, maximizing
+clean accuracy and seen-attack (L∞ PGD) robust accuracy. Results go to
+``<storage-path>/<name>/{trials,evals}.parquet`` and ``experiment.json``; at the end the Pareto
+front and its hypervolume are printed, with the command that opens the dashboard.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+
+from raysearch import data as data_mod
+from raysearch.config import ConfigError, ExperimentConfig, default_config, parse_set
+from trainables import REGISTRY
+from trainables.nets import ARCHS
+
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+log = logging.getLogger("raysearch")
+
+
+# ---------------------------------------------------------------- command line
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, not argparse's usage block
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="python -m raysearch.tune",
+        description="Search a defense's hyperparameters for the clean vs robust accuracy Pareto front.")
+    p.add_argument("--method", required=True, help=f"defense to search: {', '.join(REGISTRY)}")
+    p.add_argument("--dataset", default="digits", help=f"{', '.join(data_mod.DATASETS)} (default digits, bundled)")
+    p.add_argument("--data-dir", default="data", help="folder holding CIFAR/SVHN files (default ./data)")
+    p.add_argument("--download", action="store_true", help="download CIFAR/SVHN into --data-dir if absent")
+    p.add_argument("--arch", default="auto", help=f"classifier: auto, {', '.join(ARCHS)} (auto: small_cnn for "
+                                                  "digits, preact18 otherwise)")
+    p.add_argument("--sampler", default="tpe", help=f"Optuna sampler: {', '.join(SAMPLERS)} (default tpe)")
+    p.add_argument("--num-samples", type=int, default=12, help="trials to run (default 12)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    p.add_argument("--max-epochs", type=int, default=8, help="training epochs per trial (default 8)")
+    p.add_argument("--storage-path", default="ray_results", help="results root (default ./ray_results); must "
+                                                                "be reachable from every node on a cluster")
+    p.add_argument("--name", default="", help="experiment name (default <method>-<dataset>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the experiment --name after a crash or kill")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a config field for every trial (repeatable; value parsed as a Python literal)")
+    p.add_argument("--eps-eval", type=float, default=None,
+                   help="L∞ radius of the seen attack on [0,1] (default 8/255 on CIFAR/SVHN, 0.2 on digits)")
+    p.add_argument("--workers-per-trial", type=int, default=1, help="DDP workers per trial (default 1)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker reserves (default 1)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each worker reserves (default 0)")
+    p.add_argument("--address", default="", help="existing Ray cluster (e.g. auto or host:6379); default: "
+                                                 "start a local Ray bound to 127.0.0.1")
+    p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default: what the cluster fits)")
+    p.add_argument("--max-failures", type=int, default=1, help="worker-group restarts per trial from its last "
+                                                               "checkpoint (default 1)")
+    p.add_argument("--eval-size", type=int, default=500, help="validation images for the per-epoch proxy")
+    p.add_argument("--eval-steps", type=int, default=20, help="PGD steps of the per-epoch proxy (default 20)")
+    p.add_argument("--eval-eot", type=int, default=10, help="EOT samples of the per-epoch proxy for randomized "
+                                                            "predictors (default 10)")
+    p.add_argument("--eot-samples", type=int, default=20, help="EOT samples in the final evaluation (default 20)")
+    p.add_argument("--final-eval-size", type=int, default=0,
+                   help="test images for the final suite (default: 1000; 360 = the whole digits test set)")
+    p.add_argument("--no-final-eval", action="store_true", help="skip the attack suite after the search")
+    p.add_argument("--verbose", action="store_true", help="show Ray's and the workers' logs")
+    return p
+
+
+class UsageError(Exception):
+    pass
+
+
+def make_config(args: argparse.Namespace) -> ExperimentConfig:
+    """Validate everything that can be checked before Ray starts."""
+    if args.method not in REGISTRY:
+        raise UsageError(f"unknown method {args.method!r}; known: {', '.join(REGISTRY)}")
+    if args.dataset not in data_mod.DATASETS:
+        raise UsageError(f"unknown dataset {args.dataset!r}; known: {', '.join(data_mod.DATASETS)}")
+    if args.arch != "auto" and args.arch not in ARCHS:
+        raise UsageError(f"unknown architecture {args.arch!r}; known: auto, {', '.join(ARCHS)}")
+    if args.sampler not in SAMPLERS:
+        raise UsageError(f"unknown sampler {args.sampler!r}; known: {', '.join(SAMPLERS)}")
+    for flag, value, low in [("--num-samples", args.num_samples, 1), ("--max-epochs", args.max_epochs, 1),
+                             ("--workers-per-trial", args.workers_per_trial, 1), ("--eval-size", args.eval_size, 1),
+                             ("--eval-steps", args.eval_steps, 1), ("--eval-eot", args.eval_eot, 1),
+                             ("--eot-samples", args.eot_samples, 1), ("--max-failures", args.max_failures, 0),
+                             ("--max-concurrent", args.max_concurrent, 0), ("--final-eval-size", args.final_eval_size, 0)]:
+        if value < low:
+            raise UsageError(f"{flag} must be at least {low}, got {value}")
+    if args.eps_eval is not None and not (0 < args.eps_eval <= 1):
+        raise UsageError(f"--eps-eval must be in (0, 1] on the [0,1] pixel scale, got {args.eps_eval}")
+    if args.cpus_per_worker < 0 or args.gpus_per_worker < 0:
+        raise UsageError("--cpus-per-worker and --gpus-per-worker must not be negative")
+    if args.gpus_per_worker > 1 and args.gpus_per_worker != int(args.gpus_per_worker):
+        raise UsageError("--gpus-per-worker above 1 must be a whole number")
+    if args.workers_per_trial > 1 and 0 < args.gpus_per_worker < 1:
+        raise UsageError("several DDP workers cannot share one GPU (NCCL); use --gpus-per-worker 1")
+    try:
+        sets = parse_set(args.sets, args.method)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    spec = data_mod.SPECS[args.dataset]
+    defaults = default_config(args.method, spec)
+    for key, value in sets:
+        fld = {f.name: f for f in dataclasses.fields(defaults)}[key]
+        if fld.metadata.get("eps") and isinstance(value, (int, float)) and value < 0:
+            raise UsageError(f"--set {key}={value}: a budget must not be negative")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key in ("epochs", "batch_size") and value < 1:
+            raise UsageError(f"--set {key}={value}: must be at least 1")
+    storage = Path(args.storage_path).expanduser().resolve()
+    name = args.name or f"{args.method}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if "/" in name or name.startswith("."):
+        raise UsageError(f"--name {name!r}: use a plain folder name")
+    exp_dir = storage / name
+    if exp_dir.exists() and not args.resume:
+        raise UsageError(f"experiment {exp_dir} exists; pass --resume to continue it or choose another --name")
+    if args.resume and not (exp_dir / "experiment.json").exists():
+        raise UsageError(f"--resume: no experiment at {exp_dir}")
+    return ExperimentConfig(
+        method=args.method, dataset=args.dataset, data_dir=str(Path(args.data_dir).expanduser().resolve()),
+        download=args.download, arch=args.arch, sampler=args.sampler, num_samples=args.num_samples,
+        seed=args.seed, max_epochs=args.max_epochs, storage_path=str(storage), name=name, resume=args.resume,
+        sets=sets, eps_eval=args.eps_eval or spec.eps_eval, workers_per_trial=args.workers_per_trial,
+        cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker, address=args.address,
+        eval_size=args.eval_size, eval_steps=args.eval_steps, eot_samples=args.eot_samples,
+        final_eval=not args.no_final_eval, final_eval_size=args.final_eval_size or 1000,
+        max_failures=args.max_failures, max_concurrent=args.max_concurrent, eval_eot=args.eval_eot,
+        verbose=args.verbose)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        exp = make_config(args)
+        data_mod.load(exp.dataset, exp.data_dir, exp.download)  # fail now, not in every trial
+    except (UsageError, data_mod.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from raysearch import launcher  # imports Ray; kept out of argument checking
+
+    try:
+        return launcher.run(exp)
+    except launcher.LaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: python -m raysearch.tune --method {exp.method} "
+              f"--name {exp.name} --storage-path {exp.storage_path} --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

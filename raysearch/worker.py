@@ -1,0 +1,185 @@
+"""The one generic training loop every defense runs in, as a Ray Train worker function.
+
+Per trial: build the defense's networks, fill pre-trained components from the cache, wrap the
+trained networks in DDP (``prepare_model``), shard the training split
+(``prepare_data_loader``), and each epoch train, evaluate (clean and L∞ PGD at ε_eval on a
+fixed validation subset, EOT for randomized predictors, sharded across ranks) and report
+metrics with a checkpoint. A restarted worker group resumes from the last checkpoint, so no
+epoch is trained or counted twice. This module and ``raysearch.tune`` are the only ones that
+import Ray.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, TensorDataset
+
+from raysearch import components, data as data_mod, trial_io
+from raysearch.config import trial_config
+from raysearch.evalproxy import proxy_eval
+from trainables import REGISTRY
+from trainables.base import StepContext
+from trainables.common import frozen
+
+
+def _world() -> tuple[int, int]:
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size()
+
+
+def _all_sum(values: list[float], device) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _node_ips() -> str:
+    ip = ray.util.get_node_ip_address()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        ips: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(ips, ip)
+        return ",".join(sorted(set(ips)))
+    return ip
+
+
+def train_loop(loop_cfg: dict[str, Any]) -> None:
+    """Ray Train worker entry point; ``loop_cfg`` comes from the Tune trial (see tune.py)."""
+    method, exp = loop_cfg["method"], loop_cfg["experiment"]
+    defense = REGISTRY[method]
+    rank, world = _world()
+    device = ray.train.torch.get_device()
+    data = data_mod.load(exp["dataset"], exp["data_dir"], download=False)
+    spec = data.spec
+    cfg = trial_config(method, spec, loop_cfg["sampled"], dict(exp["sets"]), exp["max_epochs"], exp["arch"])
+    torch.manual_seed(cfg.seed * 1000 + rank)
+
+    nets = defense.build(cfg, spec)
+    for m in nets.values():
+        m.to(device)
+    train_x, train_y = data.train.x, data.train.y
+
+    def batches(batch_size: int):
+        perm = torch.randperm(len(train_y))
+        for i in range(0, len(perm), batch_size):
+            idx = perm[i:i + batch_size]
+            x = data.train.images(idx).to(device)
+            if data.augment:
+                x = data_mod.augment_batch(x, data.flip)
+            yield x, train_y[idx].to(device)
+
+    comps = defense.pretrained(cfg, spec)
+    if comps:
+        # rank 0 trains or loads under the cache lock; the others wait, then load the cached copy
+        if rank == 0:
+            components.ensure(method, comps, nets, cfg, spec, Path(exp["storage"]), batches, device)
+        if world > 1:
+            dist.barrier()
+        if rank != 0:
+            components.ensure(method, comps, nets, cfg, spec, Path(exp["storage"]), batches, device)
+
+    roles = defense.trainable(cfg)
+    raw = dict(nets)
+    wrapped = dict(nets)
+    for role, m in nets.items():
+        if role in roles:
+            m.train()
+            if world > 1:
+                wrapped[role] = ray.train.torch.prepare_model(m, move_to_device=False)
+        else:
+            frozen(m)
+
+    loader = DataLoader(TensorDataset(train_x, train_y), batch_size=cfg.batch_size, shuffle=True,
+                        drop_last=len(train_y) >= cfg.batch_size * world)
+    loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
+    steps_per_epoch = max(len(loader), 1)
+    opts, scheds = defense.optimizers({r: raw[r] for r in roles}, cfg, cfg.epochs * steps_per_epoch)
+
+    start_epoch = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            start_epoch = trial_io.restore(trial_io.load_state(d, device), raw, opts, scheds) + 1
+
+    eval_x, eval_y = data_mod.eval_subset(data.val, exp["eval_size"], seed=0)
+    shard = slice(rank, None, world)
+    eval_x, eval_y = eval_x[shard].to(device), eval_y[shard].to(device)
+    eps_eval = exp["eps_eval"] or spec.eps_eval
+    nodes = _node_ips()
+    ctx = StepContext(nets=wrapped, raw=raw, opts=opts, scheds=scheds, cfg=cfg, spec=spec, epoch=start_epoch,
+                      step=start_epoch * steps_per_epoch, steps_per_epoch=steps_per_epoch, device=device,
+                      autocast=contextlib.nullcontext)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        ctx.epoch = epoch
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        t0 = time.time()
+        sums: dict[str, float] = {}
+        bad = ""
+        for xb, yb in loader:
+            x = xb.to(device).float().div_(data.train.scale)
+            if data.augment:
+                x = data_mod.augment_batch(x, data.flip)
+            terms = defense.train_step(ctx, x, yb.to(device))
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+                if not math.isfinite(v) and not bad:
+                    bad = f"loss term {k!r} is {v} at epoch {epoch + 1}, step {ctx.step + 1}"
+            ctx.step += 1
+        train_s = time.time() - t0
+        # the decision to stop is collective: every rank must call report the same number of times
+        diverged = _all_sum([1.0 if bad else 0.0], device)[0] > 0
+
+        t1 = time.time()
+        pred = defense.predictor(raw, cfg)
+        with _eval_mode(raw):
+            correct, robust, n = proxy_eval(pred, eval_x, eval_y, eps_eval, exp["eval_steps"], exp["eval_eot"])
+        correct, robust, n = _all_sum([correct, robust, n], device)
+        metrics = {
+            "epoch": epoch + 1,
+            "clean_acc": correct / max(n, 1),
+            "robust_acc": robust / max(n, 1),
+            "eval_n": int(n),
+            "eval_eot": exp["eval_eot"] if pred.randomized else 1,
+            "train_s": train_s,
+            "eval_s": time.time() - t1,
+            "nodes": nodes,
+            "diverged": (bad or "another worker's loss was not finite") if diverged else "",
+            **{f"loss_{k}": v / steps_per_epoch for k, v in sums.items()},
+        }
+        if diverged:
+            metrics["clean_acc"] = metrics["robust_acc"] = math.nan
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0 and not diverged:
+                trial_io.save(tmp, nets=raw, opts=opts, scheds=scheds, epoch=epoch, method=method,
+                              dataset=spec.name, cfg=cfg)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if diverged:
+            return
+
+
+@contextlib.contextmanager
+def _eval_mode(nets):
+    modes = {k: m.training for k, m in nets.items()}
+    try:
+        for m in nets.values():
+            m.eval()
+        yield
+    finally:
+        for k, m in nets.items():
+            m.train(modes[k])
+
