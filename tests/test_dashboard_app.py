@@ -1,0 +1,223 @@
+"""The dashboard page through streamlit.testing.v1.AppTest: on results written through
+raysearch.store (every tab, the view selector, trial details, the trial table, live pick-up of
+new trials, broken and escaping folders) and on the results of a real search (``results_root``)."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard import data
+from raysearch import store
+from test_dashboard_data import write_experiment, write_results
+
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+TIMEOUT = 120  # seconds per script run; generous for a loaded 2-core machine
+
+
+def run_app(monkeypatch, root: Path, *extra: str) -> AppTest:
+    monkeypatch.setattr(sys, "argv", [APP, "--results", str(root), "--refresh", "0", *extra])
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [_decode(json.loads(c.proto.spec)) for c in at.get("plotly_chart")]
+
+
+def _decode(obj):
+    """Plotly's JSON with its base64 typed arrays ({"dtype", "bdata"[, "shape"]}) as lists."""
+    if isinstance(obj, dict):
+        if "bdata" in obj and "dtype" in obj:
+            arr = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=np.dtype(obj["dtype"]))
+            if "shape" in obj:
+                arr = arr.reshape([int(n) for n in str(obj["shape"]).split(",")])
+            return arr.tolist()
+        return {k: _decode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v) for v in obj]
+    return obj
+
+
+def title(spec: dict) -> str:
+    return spec["layout"].get("title", {}).get("text", "")
+
+
+def front_points(spec: dict) -> dict[str, set[tuple[float, float]]]:
+    """Group -> (clean, robust) of every marker of the front chart."""
+    out: dict[str, set] = {}
+    for trace in spec["data"]:
+        out.setdefault(trace["name"], set()).update(zip(trace["x"], trace["y"]))
+    return out
+
+
+def expected_points(res: data.Results, view: str) -> dict[str, set[tuple[float, float]]]:
+    table = data.objectives(res.trials, res.evals, view).dropna(subset=["clean", "robust"])
+    return {m: set(zip(sub["clean"], sub["robust"])) for m, sub in table.groupby("method")}
+
+
+@pytest.fixture
+def root(tmp_path):
+    return write_results(tmp_path / "results")
+
+
+def test_page_shows_each_methods_front_with_dominated_trials_faded(monkeypatch, root):
+    at = run_app(monkeypatch, root)
+    assert not at.error
+    res = data.load_results(root)
+    front = charts(at)[0]
+    assert front_points(front) == expected_points(res, data.PROXY)
+    table = data.with_front(data.objectives(res.trials, res.evals))
+    for trace in front["data"]:
+        sub = table[(table["method"] == trace["name"])].dropna(subset=["robust"])
+        on = set(zip(sub.loc[sub["on_front"], "clean"], sub.loc[sub["on_front"], "robust"]))
+        pts = set(zip(trace["x"], trace["y"]))
+        if trace["marker"]["opacity"] == 1.0:
+            assert pts == on and trace["mode"] == "lines+markers"
+        else:
+            assert pts.isdisjoint(on) and trace["marker"]["opacity"] < 0.5
+        assert all(len(cd) >= 2 for cd in trace["customdata"])  # (experiment, trial_id) for selection
+    colours = {t["name"]: t["marker"]["color"] for t in front["data"]}
+    assert len(set(colours.values())) == len(colours) == 2
+    hv = data.hypervolumes(table)
+    metrics = {m.label.split("· ")[1]: m.value for m in at.metric}
+    assert metrics == {k: f"{v:.4f}" for k, v in hv.items()}
+    assert "11 trials (8 completed, 2 failed, 1 running)" in at.caption[0].value
+
+
+def test_view_selector_offers_final_attacks_and_redraws(monkeypatch, root):
+    at = run_app(monkeypatch, root)
+    view = at.selectbox(key="view")
+    res = data.load_results(root)
+    assert view.options[:3] == [v.label for v in data.views(res.evals)][:3]
+    for key in (data.UNION_UNSEEN, "attack:square_linf", "family:corruption"):
+        at.selectbox(key="view").set_value(key).run()
+        assert not at.exception and not at.error
+        assert front_points(charts(at)[0]) == expected_points(res, key)
+
+
+def test_seen_unseen_and_hypervolume_tabs(monkeypatch, root):
+    at = run_app(monkeypatch, root)
+    specs = charts(at)
+    res = data.load_results(root)
+    su = data.seen_unseen(res.trials, res.evals)
+    scatter = next(s for s in specs if "seen vs unseen" in title(s))
+    pts = {(x, y) for t in scatter["data"] if t["name"] != "unseen = seen" for x, y in zip(t["x"], t["y"])}
+    assert pts == set(zip(su["worst_seen"], su["union_unseen"]))
+    bars = next(s for s in specs if "survives" in title(s))
+    assert sorted(v for t in bars["data"] for v in t["y"]) == pytest.approx(sorted(su["retained"].dropna()))
+    curves = [s for s in specs if s["layout"].get("yaxis", {}).get("title", {}).get("text") == "hypervolume"]
+    assert len(curves) == 2
+    by_trials = {t["name"]: t["y"] for t in curves[0]["data"]}
+    table = data.with_front(data.objectives(res.trials, res.evals))
+    curve = data.hypervolume_curve(table)
+    assert by_trials["pgd_at"] == pytest.approx(curve.loc[curve["method"] == "pgd_at", "hypervolume"].tolist())
+    hours = {t["name"]: t["x"] for t in curves[1]["data"]}
+    assert hours["standard"][-1] == pytest.approx(res.trials.loc[res.trials["method"] == "standard", "device_s"].sum() / 3600)
+
+
+def test_inspecting_trials_shows_hyperparameters_attacks_and_flags(monkeypatch, root):
+    exp = root / "pgd_at-digits"
+    evals = store.read_rows(exp / store.EVALS)
+    cand = next(r["trial_id"] for r in evals if r["stage"] == "final")
+    rows = store.read_rows(exp / store.TRIALS)
+    for r in rows:
+        r["masking_flags"] = "eot_gap" if r["trial_id"] == cand else None
+    store.write_trials(exp, rows)
+    at = run_app(monkeypatch, root)
+    n_charts = len(at.get("plotly_chart"))
+    pick = data.label("pgd_at-digits", cand)
+    at.multiselect(key="inspect").select(pick).run()
+    assert not at.exception
+    hp = next(df.value for df in at.dataframe if pick in df.value.columns)
+    assert {"eps_train", "attack_steps", "lr"} <= set(hp.index)
+    row = next(r for r in rows if r["trial_id"] == cand)
+    assert hp.loc["attack_steps", pick] == str(row["hp_attack_steps"])
+    assert any("eot_gap" in w.value for w in at.warning)
+    specs = charts(at)
+    assert len(specs) == n_charts + 1
+    bars = next(s for s in specs if s["data"] and s["data"][0]["type"] == "bar" and s["data"][0]["name"] == pick)
+    final = [r for r in evals if r["trial_id"] == cand and r["stage"] == "final"]
+    assert len(bars["data"][0]["x"]) == len(final)
+
+
+def test_trial_table_filters_and_downloads(monkeypatch, root):
+    at = run_app(monkeypatch, root)
+    table = next(df.value for df in at.dataframe if "trial_id" in df.value.columns)
+    assert len(table) == 11 and "hp_eps_train" in table
+    at.multiselect(key="f_methods").select("standard").run()
+    at.checkbox(key="f_front").check().run()
+    table = next(df.value for df in at.dataframe if "trial_id" in df.value.columns)
+    res = data.load_results(root)
+    front = data.with_front(data.objectives(res.trials, res.evals))
+    want = front[(front["method"] == "standard") & front["on_front"]].sort_values("robust", ascending=False)
+    assert table["trial_id"].tolist() == want["trial_id"].tolist()
+    assert at.get("download_button") and at.get("download_button")[0].proto.label == "Download CSV"
+
+
+def test_hyperparameter_effects_use_the_search_space(monkeypatch, root):
+    at = run_app(monkeypatch, root)
+    specs = charts(at)
+    par = next(s for s in specs if s["data"] and s["data"][0]["type"] == "parcoords")
+    labels = [d["label"] for d in par["data"][0]["dimensions"]]
+    assert labels == ["log10 lr" if k == "lr" else k for k in ["attack_steps", "eps_train", "lr"]] + ["robust acc."]
+    at.selectbox(key="hp_method").set_value("standard").run()
+    par = next(s for s in charts(at) if s["data"] and s["data"][0]["type"] == "parcoords")
+    assert [d["label"] for d in par["data"][0]["dimensions"]] == ["log10 lr", "log10 weight_decay", "robust acc."]
+
+
+def test_new_trials_appear_on_the_next_run(monkeypatch, root):
+    at = run_app(monkeypatch, root)
+    before = sum(len(v) for v in front_points(charts(at)[0]).values())
+    write_experiment(root, "trades", n=3, failed=False)
+    at.run()
+    assert not at.exception
+    assert "3 experiment(s) · 14 trials" in at.caption[0].value
+    assert set(front_points(charts(at)[0])) == {"pgd_at", "standard", "trades"}
+    assert sum(len(v) for v in front_points(charts(at)[0]).values()) == before + 3
+
+
+def test_missing_empty_and_broken_results_give_messages(monkeypatch, tmp_path, root):
+    at = run_app(monkeypatch, tmp_path / "nowhere")
+    assert "does not exist" in at.error[0].value
+    (tmp_path / "empty").mkdir()
+    at = run_app(monkeypatch, tmp_path / "empty")
+    assert not at.error and "No experiments with trials" in at.info[0].value
+    (root / "pgd_at-digits" / store.TRIALS).write_bytes(b"garbage")
+    (root / "standard-digits" / store.EVALS).write_bytes(b"garbage")
+    outside = write_experiment(tmp_path / "elsewhere", "trades", n=3)
+    os.symlink(outside, root / "escape")
+    at = run_app(monkeypatch, root)
+    errors = " ".join(e.value for e in at.error)
+    assert "pgd_at-digits" in errors and "unreadable" in errors
+    assert "escape" in errors and "outside the results root" in errors
+    assert any("evals.parquet is unreadable" in w.value for w in at.warning)
+    assert set(front_points(charts(at)[0])) == {"standard"}
+    assert any("No final evaluation yet" in i.value for i in at.info)
+
+
+def test_bad_argument_is_a_message(monkeypatch, root):
+    at = run_app(monkeypatch, root, "--refresh", "soon")
+    assert "Bad dashboard argument" in at.error[0].value
+
+
+def test_real_search_results(monkeypatch, results_root):
+    at = run_app(monkeypatch, results_root)
+    assert not at.error
+    res = data.load_results(results_root)
+    assert set(res.trials["method"]) == {"pgd_at", "standard"}
+    front = charts(at)[0]
+    assert front_points(front) == expected_points(res, data.PROXY)
+    has_final = not data.final_rows(res.evals).empty
+    assert any("No final evaluation yet" in i.value for i in at.info) is not has_final
+    if has_final:
+        at.selectbox(key="view").set_value(data.WORST_SEEN).run()
+        assert not at.exception and front_points(charts(at)[0]) == expected_points(res, data.WORST_SEEN)
