@@ -74,6 +74,9 @@ def add_front(fig: go.Figure, table: pd.DataFrame, group: str, cmap: dict[str, s
     kw = {} if row is None else {"row": row, "col": col}
     for g, sub in pts.groupby(group, sort=True):
         c = cmap.get(g, "#888")
+        if legend:  # a data-free entry, so the legend's symbol does not follow the first trial's status
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines+markers", name=str(g), legendgroup=str(g),
+                                     line={"color": c, "width": 2}, marker={"color": c, "size": 10}), **kw)
         for on in (True, False):
             part = sub[sub["on_front"] == on].sort_values("clean")
             if part.empty:
@@ -81,7 +84,7 @@ def add_front(fig: go.Figure, table: pd.DataFrame, group: str, cmap: dict[str, s
             running = part["status"] == "running"
             fig.add_trace(go.Scatter(
                 x=part["clean"], y=part["robust"], mode="lines+markers" if on else "markers",
-                name=str(g), legendgroup=str(g), showlegend=legend and on,
+                name=str(g), legendgroup=str(g), showlegend=False,
                 line={"color": c, "shape": "vh", "width": 2},
                 marker={"color": c, "size": 11 if on else 8, "opacity": 1.0 if on else FADED,
                         "symbol": ["circle-open" if r else "circle" for r in running],
@@ -140,10 +143,10 @@ def parallel_figure(trials: pd.DataFrame, hp_cols: list[str], space: dict, colou
             codes = values.astype(str).map({c: i for i, c in enumerate(cats)})
             dims.append({"label": name, "values": codes, "tickvals": list(range(len(cats))), "ticktext": cats})
     dims.append({"label": label, "values": trials[colour], "range": [0, 1]})
-    fig = go.Figure(go.Parcoords(line={"color": trials[colour], "colorscale": "Viridis", "showscale": True,
-                                       "cmin": 0, "cmax": 1, "colorbar": {"title": {"text": label}}},
-                                 dimensions=dims))
-    fig.update_layout(height=420, margin={"l": 60, "r": 60, "t": 50, "b": 20})
+    # The last axis is the objective itself, so the colour needs no separate scale.
+    fig = go.Figure(go.Parcoords(line={"color": trials[colour], "colorscale": "Viridis", "showscale": False,
+                                       "cmin": 0, "cmax": 1}, dimensions=dims))
+    fig.update_layout(height=420, margin={"l": 60, "r": 60, "t": 60, "b": 20})
     return fig
 
 
@@ -158,7 +161,7 @@ def slice_figure(trials: pd.DataFrame, hp_cols: list[str], space: dict, colour: 
         if space.get(col[len("hp_"):], {}).get("log"):
             fig.update_xaxes(type="log", row=1, col=i)
     fig.update_yaxes(title_text=label, tickformat=PCT, row=1, col=1)
-    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 70, "b": 10})
     return fig
 
 
@@ -251,7 +254,8 @@ def tab_front(res: data.Results, table: pd.DataFrame, group: str, cmap: dict, vi
         for i, (g, v) in enumerate(sorted(hv.items())):
             front = int(pts.loc[pts[group] == g, "on_front"].sum())
             cols[i % len(cols)].metric(f"hypervolume · {g}", f"{v:.4f}", help="area dominated by the front, from (0, 0)",
-                                       delta=f"{front} on front / {int((pts[group] == g).sum())}", delta_color="off")
+                                       delta=f"{front} on front / {int((pts[group] == g).sum())}", delta_color="off",
+                                       delta_arrow="off")
     labels = {data.label(e, t): (e, t) for e, t in res.trials[data.KEY].itertuples(index=False)}
     picked = st.multiselect("Inspect trials", sorted(labels), key="inspect")
     keys = chosen + [labels[p] for p in picked if labels[p] not in chosen]
@@ -280,7 +284,8 @@ def tab_seen_unseen(res: data.Results, group: str, cmap: dict) -> None:
                             customdata=sub[["trial_id", "retained"]].to_numpy(),
                             hovertemplate="%{customdata[0]}<br>seen %{x:.3f} → unseen %{y:.3f}"
                                           "<br>retained %{customdata[1]:.0%}<extra></extra>")
-        fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"},
+        top = float(su[[data.WORST_SEEN, data.UNION_UNSEEN]].max().max()) * 1.05 or 1.0
+        fig.add_scatter(x=[0, top], y=[0, top], mode="lines", line={"dash": "dot", "color": "grey"},
                         name="unseen = seen", hoverinfo="skip")
         fig.update_layout(height=420, title="Robustness per trial: seen vs unseen",
                           xaxis={"title": "worst case over seen attacks", "tickformat": PCT},
@@ -293,7 +298,7 @@ def tab_seen_unseen(res: data.Results, group: str, cmap: dict) -> None:
         for g, sub in bars.groupby(group, sort=True):
             fig.add_bar(x=sub["trial_id"], y=sub["retained"], name=str(g), marker_color=cmap.get(g, "#888"),
                         hovertemplate="%{x}: %{y:.0%} of its seen robustness survives<extra></extra>")
-        fig.update_layout(height=420, title="Share of seen robustness that survives unseen attacks",
+        fig.update_layout(height=420, title="Seen robustness kept under unseen",
                           yaxis={"tickformat": ".0%", "title": "union_unseen / worst_seen"},
                           xaxis={"categoryorder": "array", "categoryarray": bars["trial_id"].tolist()},
                           margin={"l": 10, "r": 10, "t": 40, "b": 10})

@@ -51,10 +51,15 @@ def title(spec: dict) -> str:
     return spec["layout"].get("title", {}).get("text", "")
 
 
+def data_traces(spec: dict) -> list[dict]:
+    """The traces that carry trials (not the legend's data-free entries)."""
+    return [t for t in spec["data"] if t["x"] != [None]]
+
+
 def front_points(spec: dict) -> dict[str, set[tuple[float, float]]]:
     """Group -> (clean, robust) of every marker of the front chart."""
     out: dict[str, set] = {}
-    for trace in spec["data"]:
+    for trace in data_traces(spec):
         out.setdefault(trace["name"], set()).update(zip(trace["x"], trace["y"]))
     return out
 
@@ -76,7 +81,10 @@ def test_page_shows_each_methods_front_with_dominated_trials_faded(monkeypatch, 
     front = charts(at)[0]
     assert front_points(front) == expected_points(res, data.PROXY)
     table = data.with_front(data.objectives(res.trials, res.evals))
-    for trace in front["data"]:
+    legend = [t for t in front["data"] if t["x"] == [None]]
+    assert [t["name"] for t in legend] == ["pgd_at", "standard"]
+    assert not any(t["showlegend"] for t in data_traces(front))
+    for trace in data_traces(front):
         sub = table[(table["method"] == trace["name"])].dropna(subset=["robust"])
         on = set(zip(sub.loc[sub["on_front"], "clean"], sub.loc[sub["on_front"], "robust"]))
         pts = set(zip(trace["x"], trace["y"]))
@@ -112,7 +120,7 @@ def test_seen_unseen_and_hypervolume_tabs(monkeypatch, root):
     scatter = next(s for s in specs if "seen vs unseen" in title(s))
     pts = {(x, y) for t in scatter["data"] if t["name"] != "unseen = seen" for x, y in zip(t["x"], t["y"])}
     assert pts == set(zip(su["worst_seen"], su["union_unseen"]))
-    bars = next(s for s in specs if "survives" in title(s))
+    bars = next(s for s in specs if "kept under unseen" in title(s))
     assert sorted(v for t in bars["data"] for v in t["y"]) == pytest.approx(sorted(su["retained"].dropna()))
     curves = [s for s in specs if s["layout"].get("yaxis", {}).get("title", {}).get("text") == "hypervolume"]
     assert len(curves) == 2
