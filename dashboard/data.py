@@ -45,6 +45,7 @@ PROXY = "proxy"
 WORST_SEEN = "worst_seen"
 UNION_UNSEEN = "union_unseen"
 AGGREGATES = (WORST_SEEN, UNION_UNSEEN)
+AGGREGATE_NORM = "mixed"
 KEY = ["experiment", "trial_id"]
 
 # Columns a reader can rely on after loading, with the value a file lacking them gets.
@@ -292,6 +293,18 @@ def final_rows(evals: pd.DataFrame) -> pd.DataFrame:
     return evals[(evals["stage"] == "final") & evals["accuracy"].notna()]
 
 
+def is_aggregate(rows: pd.DataFrame) -> pd.Series:
+    """Rows that summarize several attacks (per-image worst cases such as ``worst_seen``,
+    ``union_unseen`` or ``worst_<family>``, means such as ``mean_corruption``): the evaluator
+    stores them with norm ``"mixed"``."""
+    return rows["attack"].isin(AGGREGATES) | (rows["norm"] == AGGREGATE_NORM) | rows["attack"].str.startswith("worst_")
+
+
+def _attack_rows(fin: pd.DataFrame) -> pd.DataFrame:
+    """Single attacks (no aggregates, no clean, no sanity checks such as the ε sweep)."""
+    return fin[fin["threat"].isin(["seen", "unseen"]) & ~is_aggregate(fin)]
+
+
 def views(evals: pd.DataFrame) -> list[View]:
     """The objective views the data supports: the proxy always, the final ones once there are
     final rows."""
@@ -299,19 +312,22 @@ def views(evals: pd.DataFrame) -> list[View]:
     fin = final_rows(evals)
     if fin.empty:
         return out
-    attacks = fin[~fin["attack"].isin(AGGREGATES) & fin["threat"].isin(["seen", "unseen"])]
+    attacks = _attack_rows(fin)
     if (fin["attack"] == WORST_SEEN).any() or (attacks["threat"] == "seen").any():
         out.append(View(WORST_SEEN, "Worst case over seen attacks (final)"))
     if (fin["attack"] == UNION_UNSEEN).any() or (attacks["threat"] == "unseen").any():
         out.append(View(UNION_UNSEEN, "Union over unseen attacks (final)"))
+    families = attacks.groupby(["threat", "family"])["attack"].nunique()
+    other = fin[is_aggregate(fin) & ~fin["attack"].isin(AGGREGATES)
+                & ~fin["attack"].isin([f"worst_{f}" for _, f in families.index])]
+    for name in sorted(other["attack"].unique()):
+        out.append(View(f"attack:{name}", f"aggregate: {name}"))
     for threat in ("seen", "unseen"):
-        sub = attacks[attacks["threat"] == threat]
-        for name in sorted(sub["attack"].unique()):
+        for (_, fam), count in families[families.index.get_level_values(0) == threat].items():
+            if count > 1 and fam:
+                out.append(View(f"family:{fam}", f"{threat} family: {fam} (worst case over {count} attacks)"))
+        for name in sorted(attacks.loc[attacks["threat"] == threat, "attack"].unique()):
             out.append(View(f"attack:{name}", f"{threat} attack: {name}"))
-    fams = attacks[(attacks["family"] != "") & (attacks["family"] != attacks["attack"])]
-    for (fam, threat), grp in fams.groupby(["family", "threat"]):
-        if fam not in AGGREGATES and grp["attack"].nunique() > 1:
-            out.append(View(f"family:{fam}", f"{threat} family: {fam} (worst attack)"))
     return out
 
 
@@ -322,24 +338,31 @@ def _proxy_from_evals(evals: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=KEY + ["clean_proxy", "robust_proxy"])
     last = ev.groupby(KEY)["epoch"].transform("max")
     ev = ev[ev["epoch"] == last]
-    is_clean = (ev["threat"] == "clean") | (ev["attack"] == "clean")
-    clean = ev[is_clean].groupby(KEY)["accuracy"].max().rename("clean_proxy")
-    robust = ev[~is_clean & (ev["threat"] != "unseen")].groupby(KEY)["accuracy"].min().rename("robust_proxy")
+    clean = _clean(ev).rename("clean_proxy")
+    robust = ev[ev["threat"] == "seen"].groupby(KEY)["accuracy"].min().rename("robust_proxy")
     return pd.concat([clean, robust], axis=1).reset_index()
 
 
+def _clean(rows: pd.DataFrame) -> pd.Series:
+    """Clean accuracy per trial: the ``clean`` row (not e.g. a randomized predictor's
+    single-draw ``clean_per_draw``), else the best clean-threat row."""
+    named = rows[rows["attack"] == "clean"].groupby(KEY)["accuracy"].max()
+    return named.combine_first(rows[rows["threat"] == "clean"].groupby(KEY)["accuracy"].max())
+
+
 def _final_robust(fin: pd.DataFrame, key: str) -> pd.Series:
+    attacks = _attack_rows(fin)
     if key in AGGREGATES:
         direct = fin[fin["attack"] == key].groupby(KEY)["accuracy"].min()
-        # Without the stored aggregate the worst attack is used: for the union over attacks
-        # (worst case per image) that is an upper bound.
+        # Without the stored aggregate the worst single attack is used: for a per-image worst
+        # case over attacks that is an upper bound.
         threat = "seen" if key == WORST_SEEN else "unseen"
-        parts = fin[(fin["threat"] == threat) & ~fin["attack"].isin(AGGREGATES)]
-        derived = parts.groupby(KEY)["accuracy"].min()
-        return direct.combine_first(derived)
+        return direct.combine_first(attacks[attacks["threat"] == threat].groupby(KEY)["accuracy"].min())
     kind, _, name = key.partition(":")
-    col = "attack" if kind == "attack" else "family"
-    return fin[(fin[col] == name) & ~fin["attack"].isin(AGGREGATES)].groupby(KEY)["accuracy"].min()
+    if kind == "family":
+        direct = fin[fin["attack"] == f"worst_{name}"].groupby(KEY)["accuracy"].min()
+        return direct.combine_first(attacks[attacks["family"] == name].groupby(KEY)["accuracy"].min())
+    return fin[fin["attack"] == name].groupby(KEY)["accuracy"].min()
 
 
 def objectives(trials: pd.DataFrame, evals: pd.DataFrame, view: str = PROXY) -> pd.DataFrame:
@@ -364,7 +387,7 @@ def objectives(trials: pd.DataFrame, evals: pd.DataFrame, view: str = PROXY) -> 
     fin = final_rows(evals)
     if fin.empty:
         return out.assign(clean=math.nan, robust=math.nan)
-    clean = fin[(fin["threat"] == "clean") | (fin["attack"] == "clean")].groupby(KEY)["accuracy"].max().rename("clean")
+    clean = _clean(fin).rename("clean")
     robust = _final_robust(fin, view).rename("robust")
     both = pd.concat([clean, robust], axis=1).reset_index()
     out["clean_acc"] = trials["clean_acc"].to_numpy()
@@ -495,7 +518,7 @@ def attack_accuracies(evals: pd.DataFrame, keys: Iterable[tuple[str, str]]) -> p
         return pd.DataFrame(columns=cols)
     out = pd.concat(parts, ignore_index=True)
     order = {"clean": 0, "seen": 1, "unseen": 2}
-    out["_o"] = out["threat"].map(order).fillna(3) + out["attack"].isin(AGGREGATES) * 0.5
+    out["_o"] = out["threat"].map(order).fillna(3) + is_aggregate(out) * 0.5
     return out.sort_values(["trial", "_o", "attack"])[cols].reset_index(drop=True)
 
 
@@ -519,36 +542,40 @@ def _flag_list(value: Any) -> list[str]:
 
 def masking_flags(trials: pd.DataFrame, evals: pd.DataFrame, keys: Iterable[tuple[str, str]],
                   tolerance: float = 0.02) -> pd.DataFrame:
-    """Gradient-masking warnings per selected trial: the stored ``masking_flags`` (trials or
-    final evals rows) plus two checks on the final rows: a gradient-free attack (family
-    ``square``) scoring below every gradient attack, and an attack scoring above clean
+    """Gradient-masking warnings per selected trial: the evaluator's own ``masking_flags``
+    (trials.parquet, ';'-joined; '' means checked and clean). A trial without that column
+    value gets two checks on its final rows instead: a gradient-free attack (family
+    ``square``) scoring below every other seen attack, and an attack scoring above clean
     accuracy (``tolerance`` in accuracy, absorbing sampling noise)."""
     keys = list(keys)
     rows = []
     tsub = _subset(trials, keys)
     esub = _subset(evals, keys)
     for key in keys:
-        flags: list[str] = []
+        stored = None
         if "masking_flags" in tsub:
-            for v in tsub.loc[(tsub["experiment"] == key[0]) & (tsub["trial_id"] == key[1]), "masking_flags"]:
-                flags += [f for f in _flag_list(v) if f not in flags]
+            values = tsub.loc[(tsub["experiment"] == key[0]) & (tsub["trial_id"] == key[1]), "masking_flags"]
+            values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+            stored = _flag_list(values[0]) if values else None
+        if stored is not None:
+            rows.append({"trial": label(*key), "flags": stored})
+            continue
+        flags: list[str] = []
         grp = esub[(esub["experiment"] == key[0]) & (esub["trial_id"] == key[1])] if len(esub) else esub
         fin = final_rows(grp) if len(grp) else grp
-        if "masking_flags" in fin:
-            for v in fin["masking_flags"]:
-                flags += [f for f in _flag_list(v) if f not in flags]
         if len(fin):
-            attacks = fin[fin["threat"].isin(["seen", "unseen"]) & ~fin["attack"].isin(AGGREGATES)]
+            attacks = _attack_rows(fin)
             seen = attacks[attacks["threat"] == "seen"]
             free = seen[seen["family"] == "square"]["accuracy"]
             grad = seen[seen["family"] != "square"]["accuracy"]
             if len(free) and len(grad) and free.min() < grad.min() - tolerance:
                 flags.append(f"check: gradient-free attack ({free.min():.3f}) beats every gradient attack "
                              f"({grad.min():.3f}), a sign of gradient masking")
-            clean = fin[(fin["threat"] == "clean") | (fin["attack"] == "clean")]["accuracy"]
+            clean = _clean(fin)
             if len(clean) and len(attacks) and attacks["accuracy"].max() > clean.max() + tolerance:
                 worst = attacks.loc[attacks["accuracy"].idxmax()]
-                flags.append(f"check: {worst['attack']} accuracy {worst['accuracy']:.3f} exceeds clean accuracy {clean.max():.3f}")
+                flags.append(f"check: {worst['attack']} accuracy {worst['accuracy']:.3f} exceeds clean "
+                             f"accuracy {clean.max():.3f}")
         rows.append({"trial": label(*key), "flags": flags})
     return pd.DataFrame(rows, columns=["trial", "flags"])
 

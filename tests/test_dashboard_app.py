@@ -106,7 +106,7 @@ def test_view_selector_offers_final_attacks_and_redraws(monkeypatch, root):
     view = at.selectbox(key="view")
     res = data.load_results(root)
     assert view.options[:3] == [v.label for v in data.views(res.evals)][:3]
-    for key in (data.UNION_UNSEEN, "attack:square_linf", "family:corruption"):
+    for key in (data.UNION_UNSEEN, "attack:square", "family:corruption"):
         at.selectbox(key="view").set_value(key).run()
         assert not at.exception and not at.error
         assert front_points(charts(at)[0]) == expected_points(res, key)

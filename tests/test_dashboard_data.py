@@ -16,10 +16,13 @@ from dashboard import data
 from raysearch import store
 from raysearch.pareto import hypervolume_2d, pareto_mask
 
-SEEN = [("pgd20_linf", "pgd", "linf"), ("pgd_cw_linf", "pgd", "linf"), ("apgd_ce", "apgd", "linf"),
-        ("apgd_dlr", "apgd", "linf"), ("square_linf", "square", "linf")]
-UNSEEN = [("pgd_l2", "pgd", "l2"), ("stadv", "spatial", "none"), ("recolor", "colour", "none"),
-          ("jpeg", "jpeg", "none"), ("gaussian_noise", "corruption", "none"), ("blur", "corruption", "none")]
+# the final suite as raysearch.evaluate writes it: single attacks, per-family worst cases
+# ("worst_<family>"), worst_seen / union_unseen and other aggregates (norm "mixed"), ε-sweep checks
+SEEN = [("fgsm", "fgsm", "linf"), ("pgd_ce", "pgd", "linf"), ("pgd_cw", "pgd", "linf"), ("apgd_ce", "apgd", "linf"),
+        ("apgd_dlr", "apgd", "linf"), ("square", "square", "linf")]
+UNSEEN = [("pgd_l2", "pgd_l2", "l2"), ("stadv", "stadv", "flow"), ("recolor", "recolor", "colour"),
+          ("jpeg", "jpeg", "dct"), ("gaussian_noise_s3", "corruption", "none"), ("blur_s3", "corruption", "none")]
+CHECKS = [("pgd_eps_x0.5", 0.9), ("pgd_eps_x2", 0.3), ("pgd_unbounded", 0.0)]
 HP = {"pgd_at": {"eps_train": (0.05, 0.3), "attack_steps": (3, 10), "lr": (0.01, 0.2)},
       "trades": {"eps_train": (0.05, 0.3), "beta": (0.5, 12.0), "lr": (0.01, 0.2)},
       "standard": {"lr": (0.005, 0.2), "weight_decay": (1e-5, 1e-3)}}
@@ -77,21 +80,34 @@ def write_experiment(root: Path, method: str, n: int = 6, seed: int = 0, final: 
                     "stage": "final", "epoch": -1, "n": 1000, "eot_samples": 1, "seconds": 2.0}
             evals.append({**base, "attack": "clean", "family": "clean", "threat": "clean", "norm": "none",
                           "eps": None, "accuracy": t["clean_acc"] - 0.005})
-            seen_accs, unseen_accs = [], []
+            accs = {}
             for j, (attack, fam, norm) in enumerate(SEEN):
-                acc = max(0.0, t["robust_acc"] - 0.01 * j)
-                seen_accs.append(acc)
-                evals.append({**base, "attack": attack, "family": fam, "threat": "seen", "norm": norm,
-                              "eps": 0.2, "accuracy": acc})
+                accs[attack] = ("seen", fam, max(0.0, t["robust_acc"] - 0.01 * j))
             for j, (attack, fam, norm) in enumerate(UNSEEN):
-                acc = max(0.0, 0.6 * t["robust_acc"] + 0.02 * j)
-                unseen_accs.append(acc)
-                evals.append({**base, "attack": attack, "family": fam, "threat": "unseen", "norm": norm,
-                              "eps": None, "accuracy": acc})
-            evals.append({**base, "attack": "worst_seen", "family": "worst_seen", "threat": "seen", "norm": "linf",
-                          "eps": 0.2, "accuracy": min(seen_accs)})
-            evals.append({**base, "attack": "union_unseen", "family": "union_unseen", "threat": "unseen",
-                          "norm": "none", "eps": None, "accuracy": min(unseen_accs) - 0.01})
+                accs[attack] = ("unseen", fam, max(0.0, 0.6 * t["robust_acc"] + 0.02 * j))
+            norms = dict((a, n) for a, _, n in SEEN + UNSEEN)
+            for attack, (threat, fam, acc) in accs.items():
+                evals.append({**base, "attack": attack, "family": fam, "threat": threat, "norm": norms[attack],
+                              "eps": 0.2 if threat == "seen" else None, "accuracy": acc})
+            for attack, factor in CHECKS:
+                evals.append({**base, "attack": attack, "family": "eps_sweep", "threat": "check", "norm": "linf",
+                              "eps": 0.2, "accuracy": t["robust_acc"] * factor})
+            # per-image worst cases lie a little below the worst single attack
+            aggregates = {f"worst_{fam}": (fam, threat, min(a for th, f, a in accs.values() if f == fam) - 0.003)
+                          for threat, fam, _ in accs.values()}
+            aggregates["worst_seen"] = ("worst_seen", "seen", min(a for th, _, a in accs.values() if th == "seen") - 0.005)
+            aggregates["union_unseen"] = ("union_unseen", "unseen",
+                                          min(a for th, _, a in accs.values() if th == "unseen") - 0.01)
+            aggregates["union_unseen_adversarial"] = ("union_unseen", "unseen", aggregates["union_unseen"][2] + 0.004)
+            aggregates["mean_corruption"] = ("corruption", "unseen", float(np.mean(
+                [a for _, f, a in accs.values() if f == "corruption"])))
+            for attack, (fam, threat, acc) in aggregates.items():
+                evals.append({**base, "attack": attack, "family": fam, "threat": threat, "norm": "mixed",
+                              "eps": None, "accuracy": max(0.0, acc)})
+            t["final_clean_acc"] = t["clean_acc"] - 0.005
+            t["final_worst_seen"] = max(0.0, aggregates["worst_seen"][2])
+            t["final_union_unseen"] = max(0.0, aggregates["union_unseen"][2])
+            t["masking_flags"] = ""
     store.write_trials(exp_dir, trials)
     store.write_evals(exp_dir, evals)
     store.write_json(exp_dir / store.EXPERIMENT, {
@@ -228,10 +244,16 @@ def test_proxy_view_uses_trial_summary_and_fills_running_trials(root):
 
 def test_final_views_and_aggregates(root):
     res = data.load_results(root)
-    keys = [v.key for v in data.views(res.evals)]
+    views = data.views(res.evals)
+    keys = [v.key for v in views]
     assert keys[:3] == [data.PROXY, data.WORST_SEEN, data.UNION_UNSEEN]
-    assert "attack:square_linf" in keys and "attack:stadv" in keys and "family:corruption" in keys
-    assert "attack:clean" not in keys and "attack:worst_seen" not in keys
+    single = {a for a, _, _ in SEEN + UNSEEN}
+    assert {k.split(":", 1)[1] for k in keys if k.startswith("attack:") and k[7:] in single} == single
+    assert {"family:corruption", "family:pgd", "family:apgd"} <= set(keys)
+    assert "family:stadv" not in keys  # one attack: its own view suffices
+    assert {"attack:union_unseen_adversarial", "attack:mean_corruption"} <= set(keys)
+    # clean, checks and the per-family worst cases (shown as family views) are no views of their own
+    assert not {"attack:clean", "attack:worst_seen", "attack:worst_pgd", "attack:pgd_eps_x2"} & set(keys)
     fin = data.final_rows(res.evals)
     worst = data.objectives(res.trials, res.evals, data.WORST_SEEN).dropna(subset=["robust"])
     assert set(worst["trial_id"]) == set(fin["trial_id"])  # only the evaluated candidates
@@ -241,18 +263,46 @@ def test_final_views_and_aggregates(root):
         assert rec.clean == rows.loc[rows["attack"] == "clean", "accuracy"].item()
     fam = data.objectives(res.trials, res.evals, "family:corruption").dropna(subset=["robust"])
     for rec in fam.itertuples():
-        rows = fin[(fin["trial_id"] == rec.trial_id) & fin["attack"].isin(["gaussian_noise", "blur"])]
+        rows = fin[(fin["trial_id"] == rec.trial_id) & (fin["experiment"] == rec.experiment)]
+        # the stored per-image worst case, below each member attack
+        assert rec.robust == rows.loc[rows["attack"] == "worst_corruption", "accuracy"].item()
+        assert rec.robust < rows.loc[rows["attack"].isin(["gaussian_noise_s3", "blur_s3"]), "accuracy"].min()
+    one = data.objectives(res.trials, res.evals, "attack:square").dropna(subset=["robust"])
+    for rec in one.itertuples():
+        rows = fin[(fin["trial_id"] == rec.trial_id) & (fin["experiment"] == rec.experiment)]
+        assert rec.robust == rows.loc[rows["attack"] == "square", "accuracy"].item()
+
+
+def test_family_view_without_stored_worst_case_takes_the_worst_member(root):
+    res = data.load_results(root)
+    ev = res.evals[~res.evals["attack"].str.startswith("worst_")]
+    fin = data.final_rows(ev)
+    fam = data.objectives(res.trials, ev, "family:pgd").dropna(subset=["robust"])
+    assert len(fam)
+    for rec in fam.itertuples():
+        rows = fin[(fin["trial_id"] == rec.trial_id) & fin["attack"].isin(["pgd_ce", "pgd_cw"])]
         assert rec.robust == rows["accuracy"].min()
+
+
+def test_clean_per_draw_is_not_the_clean_accuracy(root):
+    res = data.load_results(root)
+    fin = data.final_rows(res.evals)
+    extra = fin[fin["attack"] == "clean"].assign(attack="clean_per_draw", accuracy=1.0)
+    ev = pd.concat([res.evals, extra], ignore_index=True)
+    table = data.objectives(res.trials, ev, data.WORST_SEEN).dropna(subset=["robust"])
+    assert (table["clean"] < 1.0).all()
 
 
 def test_aggregate_falls_back_to_worst_attack_when_not_stored(root):
     res = data.load_results(root)
     ev = res.evals[res.evals["attack"] != "union_unseen"]
+    assert (data.final_rows(ev)["attack"] == "union_unseen_adversarial").any()  # not taken for the union
     fin = data.final_rows(ev)
     table = data.objectives(res.trials, ev, data.UNION_UNSEEN).dropna(subset=["robust"])
     assert len(table)
     for rec in table.itertuples():
-        rows = fin[(fin["trial_id"] == rec.trial_id) & (fin["threat"] == "unseen")]
+        rows = fin[(fin["trial_id"] == rec.trial_id) & (fin["experiment"] == rec.experiment)
+                   & (fin["threat"] == "unseen") & (fin["norm"] != "mixed")]
         assert rec.robust == rows["accuracy"].min()
 
 
@@ -316,7 +366,7 @@ def test_selection_details(root):
     assert "eps_train" in hp.index and "weight_decay" in hp.index and "hp_lr" not in hp.index
     acc = data.attack_accuracies(res.evals, keys)
     mine = acc[acc["trial"] == data.label(*key)]
-    assert set(mine["stage"]) == {"final"} and "square_linf" in set(mine["attack"])
+    assert set(mine["stage"]) == {"final"} and "square" in set(mine["attack"])
     theirs = acc[acc["trial"] == data.label(*other)]
     if not (data.final_rows(res.evals)["trial_id"] == other[1]).any():
         assert set(theirs["stage"]) == {"trial"} and theirs["epoch"].nunique() == 1
@@ -325,22 +375,33 @@ def test_selection_details(root):
 
 def test_masking_flags_stored_and_checked(tmp_path):
     root = tmp_path / "r"
-    exp = write_experiment(root, "pgd_at", n=4, failed=False)
+    exp = write_experiment(root, "pgd_at", n=6, failed=False)
     evals = store.read_rows(exp / store.EVALS)
-    cand = next(r["trial_id"] for r in evals if r["stage"] == "final")
-    trials = store.read_rows(exp / store.TRIALS)
-    flagged = next(i for i, t in enumerate(trials) if t["trial_id"] != cand)
-    trials[flagged]["masking_flags"] = "eot_gap, bpda_gap"
-    store.write_trials(exp, trials)
+    cands = list(dict.fromkeys(r["trial_id"] for r in evals if r["stage"] == "final"))
+    assert len(cands) >= 2
     for r in evals:
-        if r["trial_id"] == cand and r["stage"] == "final" and r["attack"] == "square_linf":
+        if r["trial_id"] in cands[:2] and r["stage"] == "final" and r["attack"] == "square":
             r["accuracy"] = 0.0  # gradient-free far below every gradient attack
     store.write_evals(exp, evals)
+    trials = store.read_rows(exp / store.TRIALS)
+    for t in trials:
+        if t["trial_id"] == cands[0]:
+            t["masking_flags"] = "gradient_free_beats_whitebox;fgsm_beats_pgd"
+        elif t["trial_id"] == cands[1]:
+            t["masking_flags"] = ""  # checked by the evaluator, nothing found: its verdict stands
+    store.write_trials(exp, trials)
     res = data.load_results(root)
-    keys = [("pgd_at-digits", trials[flagged]["trial_id"]), ("pgd_at-digits", cand)]
+    keys = [("pgd_at-digits", c) for c in cands[:2]]
     flags = data.masking_flags(res.trials, res.evals, keys).set_index("trial")["flags"]
-    assert flags[data.label(*keys[0])] == ["eot_gap", "bpda_gap"]
+    assert flags[data.label(*keys[0])] == ["gradient_free_beats_whitebox", "fgsm_beats_pgd"]
+    assert flags[data.label(*keys[1])] == []
+    # without the evaluator's column the dashboard's own checks run
+    bare = res.trials.drop(columns="masking_flags")
+    flags = data.masking_flags(bare, res.evals, keys).set_index("trial")["flags"]
     assert any("gradient-free" in f for f in flags[data.label(*keys[1])])
+    untouched = ("pgd_at-digits", cands[2]) if len(cands) > 2 else None
+    if untouched:
+        assert data.masking_flags(bare, res.evals, [untouched])["flags"].item() == []
     assert data._flag_list('["a", "b"]') == ["a", "b"] and data._flag_list(math.nan) == []
 
 
