@@ -46,6 +46,14 @@ class ExperimentConfig:
     max_failures: int = 1  # Train worker-group restarts from the last checkpoint per trial
     max_concurrent: int = 0  # 0: derived from the cluster's resources
     scheduler: str = "none"  # "none" | "asha"
+    grace_period: int = 1  # ASHA: epochs every trial runs before it can be stopped
+    reduction_factor: float = 3.0  # ASHA: 1/reduction_factor of the trials at a rung go on
+    # speed options of the training loop (raysearch.perf)
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    loader_workers: int = 0  # DataLoader worker processes per training worker
+    data_on_device: str = "auto"  # "auto" | "on" | "off": hold the training split on the device
     verbose: bool = False
 
 

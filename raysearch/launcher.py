@@ -21,6 +21,7 @@ from typing import Any
 
 import optuna
 import ray
+import ray._private.ray_constants as ray_constants
 import ray.train
 import ray.tune
 from ray.tune.search.optuna import OptunaSearch
@@ -87,7 +88,13 @@ def run_trial(config: dict[str, Any], exp: dict[str, Any]) -> None:
     if final["status"] == store.FAILED:
         final["clean_acc"] = final["robust_acc"] = math.nan
     final["wall_s"] = time.time() - started
+    # an early-stopping scheduler's metric must be in every result (Tune checks it)
+    final["clean_x_robust"] = _product(final.get("clean_acc"), final.get("robust_acc"))
     ray.tune.report(final)
+
+
+def _product(a, b) -> float:
+    return math.nan if a is None or b is None else float(a) * float(b)
 
 
 # ---------------------------------------------------------------- Optuna: failures are failures
@@ -121,6 +128,22 @@ def make_sampler(name: str, seed: int, num_samples: int) -> optuna.samplers.Base
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+def make_scheduler(exp: ExperimentConfig):
+    """``--scheduler asha``: asynchronous successive halving (Li et al., MLSys 2020) on the product
+    of clean and robust accuracy, one rung per grace_period·reduction_factor^k epochs. A product
+    ranks a trial low when either accuracy is low, so it also stops trials at the front's
+    extremes (very robust, or very accurate): a budget saving bought with some front coverage."""
+    if exp.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    # stop_last_trials=False: a trial that reaches max_t finishes by itself (its final report
+    # and checkpoint) instead of being stopped at its last epoch
+    return ASHAScheduler(time_attr="epoch", metric="clean_x_robust", mode="max", max_t=exp.max_epochs,
+                         grace_period=exp.grace_period, reduction_factor=exp.reduction_factor,
+                         stop_last_trials=False)
+
+
 # ---------------------------------------------------------------- the results store, kept current
 
 class StoreCallback(ray.tune.Callback):
@@ -146,7 +169,7 @@ class StoreCallback(ray.tune.Callback):
             row = {"experiment": self.exp.name, "trial_id": trial.trial_id, "method": self.exp.method,
                    "dataset": self.exp.dataset, "arch": self.exp.arch, "status": store.RUNNING, "error": None,
                    "eps_eval": self.exp.eps_eval, "epochs": 0, "num_workers": self.exp.workers_per_trial,
-                   "started_at": time.time(), "config_json": json.dumps(cfg, default=str),
+                   "started_at": time.time(), "config_json": json.dumps(cfg, default=str), "stopped_early": False,
                    **{f"{store.HP_PREFIX}{k}": v for k, v in cfg.items() if isinstance(v, (int, float, str, bool))}}
             self.trials[trial.trial_id] = row
         return row
@@ -162,6 +185,9 @@ class StoreCallback(ray.tune.Callback):
         elif "epoch" in result:
             row.update(epochs=int(result["epoch"]), clean_acc=result["clean_acc"], robust_acc=result["robust_acc"],
                        nodes=result.get("nodes"), checkpoint=result.get("checkpoint_path") or row.get("checkpoint"))
+            if "train_started_at" in result and not result.get("resumed_from"):
+                # seconds from the trial's start to its first training step (Ray + process start-up)
+                row["startup_s"] = result["train_started_at"] - row["started_at"]
             base = {"experiment": self.exp.name, "trial_id": trial.trial_id, "method": self.exp.method,
                     "dataset": self.exp.dataset, "stage": "trial", "epoch": int(result["epoch"]),
                     "n": int(result.get("eval_n", 0)), "seconds": float(result.get("eval_s", math.nan))}
@@ -173,6 +199,25 @@ class StoreCallback(ray.tune.Callback):
                 "norm": "linf", "eps": self.exp.eps_eval, "accuracy": result["robust_acc"],
                 "eot_samples": int(result.get("eval_eot", 1))}
             self._progress(trial, row, result)
+        self._write()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        """A trial that ends without its driver's final report was stopped by the scheduler: it
+        counts as completed with the metrics of the last epoch it ran (Optuna is told the same)."""
+        row = self._row(trial)
+        if row["status"] != store.RUNNING:
+            return
+        if not row.get("epochs"):
+            row.update(status=store.FAILED, error="stopped before its first epoch ended", finished_at=time.time())
+        else:
+            row.update(status=store.COMPLETED, stopped_early=row["epochs"] < self.exp.max_epochs,
+                       finished_at=time.time(), wall_s=time.time() - row["started_at"])
+            devices = self.exp.workers_per_trial * (self.exp.gpus_per_worker or 1)
+            row["device_s"] = row["wall_s"] * devices
+            done = sum(r["status"] != store.RUNNING for r in self.trials.values())
+            print(f"[{done}/{self.exp.num_samples}] trial {row['trial_id']} stopped early after {row['epochs']} "
+                  f"epoch(s) in {row['wall_s']:.0f}s: clean {row['clean_acc']:.3f}  robust {row['robust_acc']:.3f}",
+                  flush=True)
         self._write()
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -223,17 +268,39 @@ def quiet(verbose: bool) -> None:
 def connect(exp: ExperimentConfig) -> str:
     """Connect (or start a local Ray on 127.0.0.1); returns the Ray dashboard URL."""
     env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")}
+    if not exp.address:
+        # a local machine is never preempted: skip Ray Train's per-trial watcher actor (one
+        # process start fewer per trial); on a cluster of spot nodes it is what drains in time
+        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     kwargs: dict[str, Any] = dict(runtime_env={"env_vars": env}, log_to_driver=exp.verbose,
                                   logging_level="INFO" if exp.verbose else "ERROR")
     try:
         if exp.address:
             ctx = ray.init(address=exp.address, **kwargs)
         else:
-            ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", **kwargs)
+            # Ray Train's placement-group cleaner (it frees a stopped trial's workers) looks its
+            # cluster up with the State API, which refuses to guess when several local Ray
+            # instances run on the host: name ours, via a GCS port chosen here
+            port = _free_port()
+            os.environ[ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE] = str(port)
+            env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+            try:
+                ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+                               **kwargs)
+            finally:
+                os.environ.pop(ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE, None)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise LaunchError(f"could not connect to Ray at {exp.address or 'a new local instance'}: "
                           f"{str(e).splitlines()[0]}") from None
     return getattr(ctx, "dashboard_url", "") or ""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def concurrency(exp: ExperimentConfig, resources: dict[str, float]) -> int:
@@ -323,7 +390,11 @@ def run(exp: ExperimentConfig) -> int:
             tuner = ray.tune.Tuner(
                 trainable,
                 tune_config=ray.tune.TuneConfig(search_alg=searcher, num_samples=exp.num_samples,
-                                                max_concurrent_trials=n_conc),
+                                                max_concurrent_trials=n_conc, scheduler=make_scheduler(exp),
+                                                # a finished trial's driver process (imports done)
+                                                # drives the next trial; a scheduler-stopped one
+                                                # cannot be reset, so no reuse with a scheduler
+                                                reuse_actors=exp.scheduler == "none"),
                 run_config=ray.tune.RunConfig(name=exp.name, storage_path=exp.storage_path, verbose=0,
                                               callbacks=[callback],
                                               failure_config=ray.tune.FailureConfig(max_failures=2)),

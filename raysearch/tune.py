@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from raysearch import data as data_mod
+from raysearch import data as data_mod, perf
 from raysearch.config import ConfigError, ExperimentConfig, default_config, parse_set
 from trainables import REGISTRY
 from trainables.nets import ARCHS
@@ -70,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-eval-size", type=int, default=0,
                    help="test images for the final suite (default: 1000; 360 = the whole digits test set)")
     p.add_argument("--no-final-eval", action="store_true", help="skip the attack suite after the search")
+    p.add_argument("--scheduler", default="none", help="early stopping: none, or asha (ASHA on clean×robust "
+                                                      "accuracy each epoch; stopped trials keep their last metrics)")
+    p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped (default 1)")
+    p.add_argument("--reduction-factor", type=float, default=3.0,
+                   help="ASHA: keep 1/F of the trials at each rung (default 3)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for training forwards (evaluation stays fp32)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for trained nets and batches")
+    p.add_argument("--compile", action="store_true", help="torch.compile the trained networks (pays off on long runs)")
+    p.add_argument("--loader-workers", type=int, default=0,
+                   help="DataLoader worker processes per training worker (persistent; pinned memory on CUDA)")
+    p.add_argument("--data-on-device", default="auto",
+                   help="hold the training split on the device: auto (on for digits on GPU), on, off")
     p.add_argument("--verbose", action="store_true", help="show Ray's and the workers' logs")
     return p
 
@@ -95,6 +107,16 @@ def make_config(args: argparse.Namespace) -> ExperimentConfig:
                              ("--max-concurrent", args.max_concurrent, 0), ("--final-eval-size", args.final_eval_size, 0)]:
         if value < low:
             raise UsageError(f"{flag} must be at least {low}, got {value}")
+    if args.scheduler not in ("none", "asha"):
+        raise UsageError(f"unknown scheduler {args.scheduler!r}; known: none, asha")
+    if args.grace_period < 1 or args.grace_period > args.max_epochs:
+        raise UsageError(f"--grace-period must be between 1 and --max-epochs ({args.max_epochs}), got {args.grace_period}")
+    if args.reduction_factor <= 1:
+        raise UsageError(f"--reduction-factor must be above 1, got {args.reduction_factor}")
+    if args.loader_workers < 0:
+        raise UsageError(f"--loader-workers must be at least 0, got {args.loader_workers}")
+    if args.data_on_device not in perf.DATA_ON_DEVICE:
+        raise UsageError(f"--data-on-device must be one of {', '.join(perf.DATA_ON_DEVICE)}, got {args.data_on_device!r}")
     if args.eps_eval is not None and not (0 < args.eps_eval <= 1):
         raise UsageError(f"--eps-eval must be in (0, 1] on the [0,1] pixel scale, got {args.eps_eval}")
     if args.cpus_per_worker < 0 or args.gpus_per_worker < 0:
@@ -133,7 +155,9 @@ def make_config(args: argparse.Namespace) -> ExperimentConfig:
         eval_size=args.eval_size, eval_steps=args.eval_steps, eot_samples=args.eot_samples,
         final_eval=not args.no_final_eval, final_eval_size=args.final_eval_size or 1000,
         max_failures=args.max_failures, max_concurrent=args.max_concurrent, eval_eot=args.eval_eot,
-        verbose=args.verbose)
+        scheduler=args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+        bf16=args.bf16, channels_last=args.channels_last, compile=args.compile, loader_workers=args.loader_workers,
+        data_on_device=args.data_on_device, verbose=args.verbose)
 
 
 def main(argv: list[str] | None = None) -> int:

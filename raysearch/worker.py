@@ -21,9 +21,8 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, TensorDataset
 
-from raysearch import components, data as data_mod, trial_io
+from raysearch import components, data as data_mod, perf, trial_io
 from raysearch.config import trial_config
 from raysearch.evalproxy import proxy_eval
 from trainables import REGISTRY
@@ -55,8 +54,10 @@ def _node_ips() -> str:
 
 def train_loop(loop_cfg: dict[str, Any]) -> None:
     """Ray Train worker entry point; ``loop_cfg`` comes from the Tune trial (see tune.py)."""
+    loop_started_at = time.time()
     method, exp = loop_cfg["method"], loop_cfg["experiment"]
     defense = REGISTRY[method]
+    popts = perf.PerfOptions.from_mapping(exp)
     rank, world = _world()
     device = ray.train.torch.get_device()
     data = data_mod.load(exp["dataset"], exp["data_dir"], download=False)
@@ -93,15 +94,14 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
     wrapped = dict(nets)
     for role, m in nets.items():
         if role in roles:
+            perf.prepare_module(m, popts)
             m.train()
             if world > 1:
                 wrapped[role] = ray.train.torch.prepare_model(m, move_to_device=False)
         else:
             frozen(m)
 
-    loader = DataLoader(TensorDataset(train_x, train_y), batch_size=cfg.batch_size, shuffle=True,
-                        drop_last=len(train_y) >= cfg.batch_size * world)
-    loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
+    loader = perf.make_loader(train_x, train_y, cfg.batch_size, device, popts, rank, world, seed=cfg.seed)
     steps_per_epoch = max(len(loader), 1)
     opts, scheds = defense.optimizers({r: raw[r] for r in roles}, cfg, cfg.epochs * steps_per_epoch)
 
@@ -118,7 +118,10 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
     nodes = _node_ips()
     ctx = StepContext(nets=wrapped, raw=raw, opts=opts, scheds=scheds, cfg=cfg, spec=spec, epoch=start_epoch,
                       step=start_epoch * steps_per_epoch, steps_per_epoch=steps_per_epoch, device=device,
-                      autocast=contextlib.nullcontext)
+                      autocast=perf.autocast(device, popts))
+    # start-up marks (unix s): worker process start, loop entry, first training step
+    marks = {"worker_started_at": _process_started_at(), "loop_started_at": loop_started_at,
+             "train_started_at": time.time()}
 
     for epoch in range(start_epoch, cfg.epochs):
         ctx.epoch = epoch
@@ -129,10 +132,10 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
         sums: dict[str, float] = {}
         bad = ""
         for xb, yb in loader:
-            x = xb.to(device).float().div_(data.train.scale)
+            x = xb.to(device, non_blocking=True).float().div_(data.train.scale)
             if data.augment:
                 x = data_mod.augment_batch(x, data.flip)
-            terms = defense.train_step(ctx, x, yb.to(device))
+            terms = defense.train_step(ctx, perf.prepare_input(x, popts), yb.to(device, non_blocking=True))
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
                 if not math.isfinite(v) and not bad:
@@ -161,6 +164,10 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
         }
         if diverged:
             metrics["clean_acc"] = metrics["robust_acc"] = math.nan
+        # the scalar an early-stopping scheduler ranks trials by (multi-objective has no pruning)
+        metrics["clean_x_robust"] = metrics["clean_acc"] * metrics["robust_acc"]
+        if epoch == start_epoch:
+            metrics.update(marks)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0 and not diverged:
@@ -170,6 +177,13 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
         if diverged:
             return
+
+
+def _process_started_at() -> float:
+    """Unix time this worker process started (the start-up cost before the loop is entered)."""
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 @contextlib.contextmanager
