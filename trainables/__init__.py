@@ -1,6 +1,8 @@
 """The defense registry: an explicit mapping name -> defense. ``--method`` choices are its keys;
 a new method is one module, one search-space file and one line here."""
+from trainables.atld import ATLD
 from trainables.pgd_at import PGDAT
+from trainables.rvs import RVS
 from trainables.standard import Standard
 from trainables.trades import TRADES
 
@@ -8,4 +10,6 @@ REGISTRY = {
     "standard": Standard(),
     "pgd_at": PGDAT(),
     "trades": TRADES(),
+    "rvs": RVS(),
+    "atld": ATLD(),
 }

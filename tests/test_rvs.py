@@ -1,0 +1,153 @@
+"""rvs mechanisms: the noise-only generator stays in the ε-ball, the OT term is a differentiable
+distance, the generator ascends it, its weight pulls features together, and each update moves
+exactly the network it trains. Tiny runs on the bundled digits."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import pytest
+import torch
+
+from raysearch.config import default_config
+from raysearch.data import load
+from trainables import REGISTRY
+from trainables.base import StepContext
+from trainables.rvs import COSTS, delta_from, ot_distance, synthesize
+
+DEFENSE = REGISTRY["rvs"]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load("digits")
+    x, y = data.train.images(torch.arange(96)), data.train.y[:96]
+    return data.spec, x, y
+
+
+def make_ctx(spec, seed=0, **changes):
+    torch.manual_seed(seed)
+    cfg = dataclasses.replace(default_config("rvs", spec), **changes)
+    nets = DEFENSE.build(cfg, spec)
+    for m in nets.values():
+        m.train()
+    opts, scheds = DEFENSE.optimizers(nets, cfg, 50)
+    return StepContext(nets=nets, raw=nets, opts=opts, scheds=scheds, cfg=cfg, spec=spec, epoch=0,
+                       step=0, steps_per_epoch=50, device=torch.device("cpu"),
+                       autocast=contextlib.nullcontext)
+
+
+def params(net):
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def changed(before, net):
+    return any(not torch.equal(b, p) for b, p in zip(before, net.parameters()))
+
+
+def test_generator_perturbation_stays_in_eps_ball_and_unit_box(digits):
+    spec, x, _ = digits
+    ctx = make_ctx(spec)
+    g, eps = ctx.raw["generator"], ctx.cfg.eps_train
+    with torch.no_grad():
+        for p in g.up[-1].parameters():
+            p.mul_(50)  # an output far outside the ball must still be clipped to it
+        delta = delta_from(g(g.noise(len(x), x.device)), eps)
+        x_adv = synthesize(x, delta, eps)
+    assert delta.shape == x.shape
+    assert delta.abs().max() <= eps + 1e-6
+    assert (x_adv - x).abs().max() <= eps + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (delta.abs() > eps / 2).float().mean() > 0.5  # the clip was exercised
+    with torch.no_grad():
+        other = delta_from(g(g.noise(len(x), x.device)), eps)
+    assert not torch.equal(delta, other)  # fresh noise, fresh perturbation
+
+
+@pytest.mark.parametrize("cost", COSTS)
+def test_ot_is_a_differentiable_distance(cost):
+    torch.manual_seed(0)
+    h = torch.randn(48, 16)
+    same = ot_distance(h, h.clone(), cost=cost)
+    near = ot_distance(h, h + 0.3 * torch.randn_like(h), cost=cost)
+    a = h.clone().requires_grad_(True)
+    b = (h + 1.0 + 0.3 * torch.randn_like(h)).requires_grad_(True)
+    far = ot_distance(a, b, cost=cost)
+    far.backward()
+    assert same.abs() < 1e-3 * far
+    assert same < near < far
+    for t in (a, b):
+        assert torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+
+def test_ot_survives_tiny_regularizer_and_collapsed_features():
+    torch.manual_seed(0)
+    h = torch.randn(32, 8)
+    d = ot_distance(h, h + 0.5, reg=1e-3, iters=200)  # log-domain: no overflow at small reg
+    assert torch.isfinite(d) and d > 0
+    z = torch.zeros(32, 8, requires_grad=True)  # all costs but a few are zero: median 0
+    w = z.clone()
+    w.data[:3] += 1.0
+    out = ot_distance(z, w)
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(z.grad).all()
+
+
+def _ot_on_fixed_perturbation(ctx, x):
+    f, eps = ctx.raw["classifier"], ctx.cfg.eps_train
+    g = torch.Generator().manual_seed(123)
+    x_adv = (x + (torch.rand(x.shape, generator=g) * 2 - 1) * eps).clamp(0, 1)
+    f.eval()
+    with torch.no_grad():
+        return ot_distance(f.features(x), f.features(x_adv)).item()
+
+
+def test_larger_ot_weight_trains_features_closer(digits):
+    spec, x, y = digits
+    dist = {}
+    for weight in (0.1, 10.0):
+        ctx = make_ctx(spec, seed=1, ot_weight=weight, sinkhorn_iters=40)
+        for _ in range(8):
+            DEFENSE.classifier_step(ctx, x, y)
+        dist[weight] = _ot_on_fixed_perturbation(ctx, x)
+    assert dist[10.0] < 0.5 * dist[0.1]
+
+
+def test_generator_step_ascends_ot_and_touches_only_the_generator(digits):
+    spec, x, y = digits
+    ctx = make_ctx(spec, seed=2, gen_lr=0.05, sinkhorn_iters=40)
+    f, g, eps = ctx.raw["classifier"], ctx.raw["generator"], ctx.cfg.eps_train
+    for _ in range(3):  # BN running statistics of the eval-mode view become meaningful
+        DEFENSE.classifier_step(ctx, x, y)
+    z = g.noise(len(x), x.device)
+
+    def ot_now():
+        torch.manual_seed(7)  # same random start each time
+        with torch.no_grad():
+            f.eval()
+            x_adv = synthesize(x, delta_from(g(z), eps), eps)
+            out = ot_distance(f.features(x), f.features(x_adv)).item()
+        f.train()
+        return out
+
+    before_ot, f_before, g_before = ot_now(), params(f), params(g)
+    for _ in range(12):
+        DEFENSE.generator_step(ctx, x)
+    assert ot_now() > 1.15 * before_ot
+    assert changed(g_before, g)
+    assert not changed(f_before, f)
+    assert all(p.requires_grad for p in f.parameters())  # the frozen view is undone
+
+
+def test_train_step_updates_classifier_and_generator(digits):
+    spec, x, y = digits
+    ctx = make_ctx(spec, sinkhorn_iters=20)
+    f_before, g_before = params(ctx.raw["classifier"]), params(ctx.raw["generator"])
+    terms = DEFENSE.train_step(ctx, x, y)
+    assert set(terms) >= {"loss", "ce", "ot", "ot_gen"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
+    assert changed(f_before, ctx.raw["classifier"]) and changed(g_before, ctx.raw["generator"])
+    g_before = params(ctx.raw["generator"])
+    DEFENSE.classifier_step(ctx, x, y)
+    assert not changed(g_before, ctx.raw["generator"])
+    assert set(DEFENSE.trainable(ctx.cfg)) == set(DEFENSE.build(ctx.cfg, spec))
