@@ -1,0 +1,181 @@
+"""AToP mechanisms on digits: the random transform is fresh on every call and erases whole
+blocks, the pre-trained purifier reconstructs, the predictor is randomized and attackable, a
+fine-tuning step moves purifier and discriminator but never the classifier, λ_cls warms up, and
+the cached components are trained once when two trials ask for them at the same time."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import threading
+
+import pytest
+import torch
+
+import search_spaces
+from raysearch import components, data
+from raysearch.config import default_config
+from trainables.atop import AToP, block_px, random_transform
+from trainables.base import StepContext
+from trainables.common import frozen
+
+DEFENSE = AToP()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """8×8 convolutions gain nothing from intra-op threads and lose a lot when cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("digits")
+
+
+def batches_of(split):
+    def batches(bs):
+        perm = torch.randperm(len(split))
+        for i in range(0, len(perm), bs):
+            yield split.images(perm[i:i + bs]), split.y[perm[i:i + bs]]
+    return batches
+
+
+def config(digits, **overrides):
+    return dataclasses.replace(default_config("atop", digits.spec), **overrides)
+
+
+@pytest.fixture(scope="module")
+def pretrained(digits, tmp_path_factory):
+    """Classifier and purifier from the component cache (fewer passes than the defaults)."""
+    torch.manual_seed(0)
+    cfg = config(digits, cls_epochs=8, pretrain_epochs=20)
+    nets = DEFENSE.build(cfg, digits.spec)
+    status = components.ensure("atop", DEFENSE.pretrained(cfg, digits.spec), nets, cfg, digits.spec,
+                               tmp_path_factory.mktemp("store"), batches_of(digits.train), torch.device("cpu"))
+    assert status == {"classifier": "trained", "purifier": "trained"}
+    return cfg, {r: m.eval() for r, m in nets.items()}
+
+
+def test_transform_is_fresh_every_call_and_erases_whole_blocks(digits):
+    x = digits.val.images(torch.arange(32))
+    (a, mask_a), (b, mask_b) = (random_transform(x, 0.25, 0.25, 8) for _ in range(2))
+    assert not torch.equal(a, b) and not torch.equal(mask_a, mask_b)
+    side = block_px(8, 8)
+    assert side == 2
+    blocks = mask_a.unfold(2, side, side).unfold(3, side, side)  # N×1×4×4×2×2
+    assert torch.equal(blocks.amin((-1, -2)), blocks.amax((-1, -2)))  # constant on each block
+    assert torch.all(blocks.amax((-1, -2)).sum((1, 2, 3)) == round(0.25 * 16))
+    assert torch.all(a[mask_a.expand_as(a) > 0] == 0) and a.min() >= 0 and a.max() <= 1
+    clean, mask = random_transform(x, 0.0, 0.0, 4)
+    assert torch.equal(clean, x) and mask.sum() == 0
+
+
+def test_pretrained_purifier_reconstructs(digits, pretrained):
+    cfg, nets = pretrained
+    x = digits.val.images()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for sigma, rate in [(cfg.noise_sigma, cfg.missing_rate), (0.5, 0.5)]:
+            xt, mask = random_transform(x, sigma, rate, cfg.block)
+            out = nets["purifier"](xt, mask)
+            assert out.min() >= 0 and out.max() <= 1
+            assert (out - x).abs().mean() < 0.8 * (xt - x).abs().mean(), (sigma, rate)
+
+
+def test_predictor_is_randomized_and_averages_draws(digits, pretrained):
+    cfg, nets = pretrained
+    x, y = digits.val.images(), digits.val.y
+    pred = DEFENSE.predictor(nets, cfg)
+    assert pred.randomized
+    with torch.no_grad():
+        assert not torch.equal(pred.model(x), pred.model(x))
+        one = DEFENSE.predictor(nets, dataclasses.replace(cfg, n_masks=1)).model
+        many = DEFENSE.predictor(nets, dataclasses.replace(cfg, n_masks=8)).model
+        spread = [torch.stack([m(x) for _ in range(6)]).std(0).mean().item() for m in (one, many)]
+        assert spread[1] < 0.6 * spread[0]  # 8 draws averaged: about 1/sqrt(8) of the spread
+        assert (pred.model(x).argmax(1) == y).float().mean() > 0.6
+    xg = x[:16].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(pred.model(xg), y[:16]), xg)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def make_ctx(digits, pretrained, step=0, **overrides):
+    cfg = dataclasses.replace(pretrained[0], batch_size=64, **overrides)
+    nets = DEFENSE.build(cfg, digits.spec)
+    for role, m in nets.items():
+        m.load_state_dict(pretrained[1][role].state_dict())
+        m.train() if role in DEFENSE.trainable(cfg) else frozen(m)
+    opts, scheds = DEFENSE.optimizers({r: nets[r] for r in DEFENSE.trainable(cfg)}, cfg, 100)
+    return StepContext(nets=nets, raw=nets, opts=opts, scheds=scheds, cfg=cfg, spec=digits.spec, epoch=0,
+                       step=step, steps_per_epoch=10, device=torch.device("cpu"), autocast=contextlib.nullcontext)
+
+
+@pytest.mark.parametrize("ft_attack", ["fgsm_classifier", "pgd_eot_through"])
+def test_fine_tuning_moves_purifier_and_discriminator_never_the_classifier(digits, pretrained, ft_attack):
+    ctx = make_ctx(digits, pretrained, ft_attack=ft_attack, ft_attack_steps=2)
+    before = {r: copy.deepcopy(m.state_dict()) for r, m in ctx.nets.items()}
+    x, y = digits.train.images(torch.arange(64)), digits.train.y[:64]
+    terms = DEFENSE.train_step(ctx, x, y)
+    assert all(torch.isfinite(torch.tensor(v)) for v in terms.values()), terms
+    assert terms["ce_adv"] > 0 and terms["l1_adv"] > 0
+    changed = {r: any(not torch.equal(before[r][k], v) for k, v in m.state_dict().items())
+               for r, m in ctx.nets.items()}
+    assert changed == {"classifier": False, "purifier": True, "discriminator": True}
+
+
+def test_fine_tuning_attack_hurts_the_pipeline(digits, pretrained):
+    """x' crafted through g∘t lowers the purified accuracy more than the clean input does."""
+    ctx = make_ctx(digits, pretrained, ft_attack="pgd_eot_through", ft_attack_steps=5, ft_eot=2)
+    x, y = digits.val.images(), digits.val.y
+    torch.manual_seed(4)
+    x_adv = DEFENSE.adversarial(ctx, x, y)
+    assert (x_adv - x).abs().max() <= ctx.cfg.eps_train + 1e-6
+    model = DEFENSE.predictor(ctx.raw, dataclasses.replace(ctx.cfg, n_masks=8)).model
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).float().mean()
+        adv = (model(x_adv).argmax(1) == y).float().mean()
+    assert adv < clean - 0.1, (clean, adv)
+
+
+def test_lambda_cls_warms_up(digits, pretrained):
+    x, y = digits.train.images(torch.arange(32)), digits.train.y[:32]
+    ramp = [DEFENSE.train_step(make_ctx(digits, pretrained, step=s, warmup_epochs=2.0), x, y)["lambda_cls"]
+            for s in (0, 9, 19, 40)]
+    lam = pretrained[0].lambda_cls
+    assert ramp[0] < ramp[1] < ramp[2] == ramp[3] == pytest.approx(lam)
+    assert ramp[0] == pytest.approx(lam / 20)
+
+
+def test_component_keys_hold_no_searched_value(digits):
+    space = search_spaces.load("atop")
+    cfg = config(digits)
+    varied = dataclasses.replace(cfg, noise_sigma=0.5, missing_rate=0.0, block=8, n_masks=3, lambda_cls=1.0,
+                                 eps_train=0.05, ft_attack="pgd_eot_through", purifier_lr=3e-4,
+                                 batch_size=32, epochs=3)
+    for a, b in zip(DEFENSE.pretrained(cfg, digits.spec), DEFENSE.pretrained(varied, digits.spec)):
+        assert a.key == b.key and not set(a.key) & set(space)
+
+
+def test_two_concurrent_requests_train_each_component_once(digits, tmp_path):
+    cfg = config(digits, cls_epochs=1, pretrain_epochs=1)
+    results, states = [], []
+
+    def trial():
+        nets = DEFENSE.build(cfg, digits.spec)
+        results.append(components.ensure("atop", DEFENSE.pretrained(cfg, digits.spec), nets, cfg, digits.spec,
+                                         tmp_path, batches_of(digits.train), torch.device("cpu")))
+        states.append({r: m.state_dict() for r, m in nets.items()})
+
+    threads = [threading.Thread(target=trial) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in ("classifier", "purifier"):
+        assert sorted(r[name] for r in results) == ["loaded", "trained"]
+    for role in ("classifier", "purifier", "discriminator"):
+        assert all(torch.equal(v, states[1][role][k]) for k, v in states[0][role].items())
