@@ -93,20 +93,34 @@ def add_front(fig: go.Figure, table: pd.DataFrame, group: str, cmap: dict[str, s
                 hovertemplate=_hover(group)), **kw)
 
 
+def span(values) -> list[float] | None:
+    """Axis range around accuracies: the data padded by 5% of its spread (at least 2 points),
+    never far outside [0, 1]. Plotly's own range around one or two points is far too wide."""
+    v = pd.to_numeric(pd.Series(values), errors="coerce").dropna()
+    if v.empty:
+        return None
+    lo, hi = float(v.min()), float(v.max())
+    pad = max(0.05 * (hi - lo), 0.02)
+    return [max(lo - pad, -0.01), min(hi + pad, 1.01)]
+
+
 def front_figure(table: pd.DataFrame, group: str, cmap: dict[str, str], robust_label: str) -> go.Figure:
     fig = go.Figure()
     add_front(fig, table, group, cmap)
     fig.update_layout(height=520, margin={"l": 10, "r": 10, "t": 30, "b": 10}, uirevision="front",
                       legend_title_text=group,
-                      xaxis={"title": "clean accuracy", "tickformat": PCT},
-                      yaxis={"title": f"robust accuracy ({robust_label.split(' (')[0].lower()})", "tickformat": PCT})
+                      xaxis={"title": "clean accuracy", "tickformat": PCT, "range": span(table["clean"])},
+                      yaxis={"title": f"robust accuracy ({robust_label.split(' (')[0].lower()})", "tickformat": PCT,
+                             "range": span(table["robust"])})
     return fig
 
 
 def attack_bars(acc: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     for trial, sub in acc.groupby("trial", sort=False):
+        # hatched: summaries over several attacks (per-image worst cases, means)
         fig.add_bar(x=sub["threat"] + " · " + sub["attack"], y=sub["accuracy"], name=trial,
+                    marker_pattern_shape=["/" if a else "" for a in sub["aggregate"]],
                     hovertemplate="%{x}: %{y:.3f}<extra>" + trial + "</extra>")
     fig.update_layout(barmode="group", height=380, margin={"l": 10, "r": 10, "t": 30, "b": 10},
                       yaxis={"title": "accuracy", "tickformat": PCT, "range": [0, 1]},
@@ -214,7 +228,10 @@ def details(res: data.Results, keys: list[tuple[str, str]]) -> None:
                    "hyperparameters, per-attack accuracies and gradient-masking flags.")
         return
     st.markdown(f"**{len(keys)} trial(s) selected**")
-    hp = data.hyperparameters(res.trials, keys)
+    searched = set()
+    for exp in {e for e, _ in keys}:
+        searched |= set(data.search_space(res.meta.get(exp, {})))
+    hp = data.hyperparameters(res.trials, keys, searched)
     left, right = st.columns([2, 3])
     with left:
         st.markdown("Hyperparameters")
@@ -305,11 +322,13 @@ def tab_seen_unseen(res: data.Results, group: str, cmap: dict) -> None:
         st.plotly_chart(fig, key="retained_bars")
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True,
                         subplot_titles=["clean vs worst case over seen", "clean vs union over unseen"])
-    for i, view in enumerate((data.WORST_SEEN, data.UNION_UNSEEN), start=1):
-        table = data.with_front(data.objectives(res.trials, res.evals, view), group)
+    tables = [data.with_front(data.objectives(res.trials, res.evals, view), group)
+              for view in (data.WORST_SEEN, data.UNION_UNSEEN)]
+    both = pd.concat(tables)
+    for i, table in enumerate(tables, start=1):
         add_front(fig, table, group, cmap, row=1, col=i, legend=i == 1)
-        fig.update_xaxes(title_text="clean accuracy", tickformat=PCT, row=1, col=i)
-    fig.update_yaxes(title_text="robust accuracy", tickformat=PCT, row=1, col=1)
+        fig.update_xaxes(title_text="clean accuracy", tickformat=PCT, range=span(both["clean"]), row=1, col=i)
+    fig.update_yaxes(title_text="robust accuracy", tickformat=PCT, range=span(both["robust"]), row=1, col=1)
     fig.update_layout(height=440, margin={"l": 10, "r": 10, "t": 40, "b": 10})
     st.markdown("Each front under seen and under unseen attacks")
     st.plotly_chart(fig, key="seen_unseen_fronts")
@@ -402,6 +421,7 @@ def main() -> None:
         watch(args.results, stamp, args.refresh)
         return
     shown, group = sidebar(res, args.refresh)
+    cmap = colours(res.trials[group])  # from every experiment, so hiding one keeps the others' colours
     res = data.Results(root=res.root, experiments=shown, meta=res.meta, problems=res.problems,
                        trials=res.trials[res.trials["experiment"].isin(shown)],
                        evals=res.evals[res.evals["experiment"].isin(shown)] if len(res.evals) else res.evals)
@@ -420,7 +440,6 @@ def main() -> None:
                        help="The search's per-epoch proxy, or the final attack suite (after the search).")
     view = options[key]
     table = data.with_front(data.objectives(res.trials, res.evals, view.key), group)
-    cmap = colours(res.trials[group])
     tabs = st.tabs(["Pareto front", "Seen vs unseen", "Hypervolume", "Trials", "Hyperparameters"])
     with tabs[0], guarded("the Pareto front"):
         tab_front(res, table, group, cmap, view)

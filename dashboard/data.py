@@ -481,11 +481,15 @@ def hp_columns(frame: pd.DataFrame) -> list[str]:
     return store.hp_columns(frame.columns)
 
 
-def hyperparameters(trials: pd.DataFrame, keys: Iterable[tuple[str, str]]) -> pd.DataFrame:
-    """Rows: hyperparameters (without the ``hp_`` prefix); columns: the selected trials. A
-    knob another method has (NaN for all selected trials) is left out."""
+def hyperparameters(trials: pd.DataFrame, keys: Iterable[tuple[str, str]],
+                    searched: Iterable[str] = ()) -> pd.DataFrame:
+    """Rows: hyperparameters (without the ``hp_`` prefix), the ``searched`` knobs first, then
+    the fixed config fields; columns: the selected trials. A knob only other methods have (NaN
+    for all selected trials) is left out."""
     sub = _subset(trials, keys)
+    searched = set(searched)
     cols = [c for c in hp_columns(sub) if sub[c].notna().any()]
+    cols.sort(key=lambda c: c[len(store.HP_PREFIX):] not in searched)  # stable: searched first
     table = sub.set_index(sub.apply(lambda r: label(r["experiment"], r["trial_id"]), axis=1))[["method"] + cols]
     table.columns = ["method"] + [c[len(store.HP_PREFIX):] for c in cols]
     return table.T.astype(object).map(_display)
@@ -513,12 +517,13 @@ def attack_accuracies(evals: pd.DataFrame, keys: Iterable[tuple[str, str]]) -> p
             fin = grp[grp["stage"] == "trial"]
             fin = fin[fin["epoch"] == fin["epoch"].max()]
         parts.append(fin.assign(trial=label(*key)))
-    cols = ["trial", "attack", "threat", "family", "accuracy", "stage", "epoch"]
+    cols = ["trial", "attack", "threat", "family", "accuracy", "stage", "epoch", "aggregate"]
     if not parts:
         return pd.DataFrame(columns=cols)
     out = pd.concat(parts, ignore_index=True)
     order = {"clean": 0, "seen": 1, "unseen": 2}
-    out["_o"] = out["threat"].map(order).fillna(3) + is_aggregate(out) * 0.5
+    out["aggregate"] = is_aggregate(out)
+    out["_o"] = out["threat"].map(order).fillna(3) + out["aggregate"] * 0.5
     return out.sort_values(["trial", "_o", "attack"])[cols].reset_index(drop=True)
 
 

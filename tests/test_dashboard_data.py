@@ -364,9 +364,14 @@ def test_selection_details(root):
     hp = data.hyperparameters(res.trials, keys)
     assert list(hp.columns) == [data.label(*key), data.label(*other)]
     assert "eps_train" in hp.index and "weight_decay" in hp.index and "hp_lr" not in hp.index
+    assert list(data.hyperparameters(res.trials, keys, searched=["weight_decay"]).index[:2]) == ["method", "weight_decay"]
+    assert hp.loc["eps_train", data.label(*other)] == ""  # the standard trial has no such knob
     acc = data.attack_accuracies(res.evals, keys)
     mine = acc[acc["trial"] == data.label(*key)]
     assert set(mine["stage"]) == {"final"} and "square" in set(mine["attack"])
+    assert set(mine.loc[mine["aggregate"], "attack"]) >= {"worst_seen", "union_unseen", "worst_pgd", "mean_corruption"}
+    assert not mine.loc[mine["attack"].isin(["square", "clean", "pgd_eps_x2"]), "aggregate"].any()
+    assert mine["threat"].tolist().index("seen") > mine["threat"].tolist().index("clean")
     theirs = acc[acc["trial"] == data.label(*other)]
     if not (data.final_rows(res.evals)["trial_id"] == other[1]).any():
         assert set(theirs["stage"]) == {"trial"} and theirs["epoch"].nunique() == 1
