@@ -238,14 +238,14 @@ def details(res: data.Results, keys: list[tuple[str, str]]) -> None:
         st.dataframe(hp.astype(str), width="stretch")
         flags = data.masking_flags(res.trials, res.evals, keys)
         st.markdown("Gradient-masking flags")
-        any_flag = False
         for rec in flags.itertuples():
             for f in rec.flags:
-                any_flag = True
                 st.warning(f"{rec.trial}: {f}")
-        if not any_flag:
-            st.caption("none for the selected trials (stored flags, and the checks: gradient-free attack "
-                       "beating gradient attacks, attack accuracy above clean)")
+            if not rec.flags:
+                st.caption(f"{rec.trial}: " + {
+                    "evaluator": "none (final evaluation's checks)",
+                    "dashboard": "none (dashboard checks: gradient-free beating gradient attacks, attack above clean)",
+                }.get(rec.checked_by, "not checked: no final evaluation of this trial"))
     with right:
         acc = data.attack_accuracies(res.evals, keys)
         if acc.empty:

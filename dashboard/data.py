@@ -547,7 +547,8 @@ def _flag_list(value: Any) -> list[str]:
 
 def masking_flags(trials: pd.DataFrame, evals: pd.DataFrame, keys: Iterable[tuple[str, str]],
                   tolerance: float = 0.02) -> pd.DataFrame:
-    """Gradient-masking warnings per selected trial: the evaluator's own ``masking_flags``
+    """Gradient-masking warnings per selected trial, and who checked (``checked_by``:
+    "evaluator", "dashboard", or "" for a trial without final rows): the evaluator's own ``masking_flags``
     (trials.parquet, ';'-joined; '' means checked and clean). A trial without that column
     value gets two checks on its final rows instead: a gradient-free attack (family
     ``square``) scoring below every other seen attack, and an attack scoring above clean
@@ -563,7 +564,7 @@ def masking_flags(trials: pd.DataFrame, evals: pd.DataFrame, keys: Iterable[tupl
             values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
             stored = _flag_list(values[0]) if values else None
         if stored is not None:
-            rows.append({"trial": label(*key), "flags": stored})
+            rows.append({"trial": label(*key), "flags": stored, "checked_by": "evaluator"})
             continue
         flags: list[str] = []
         grp = esub[(esub["experiment"] == key[0]) & (esub["trial_id"] == key[1])] if len(esub) else esub
@@ -581,8 +582,8 @@ def masking_flags(trials: pd.DataFrame, evals: pd.DataFrame, keys: Iterable[tupl
                 worst = attacks.loc[attacks["accuracy"].idxmax()]
                 flags.append(f"check: {worst['attack']} accuracy {worst['accuracy']:.3f} exceeds clean "
                              f"accuracy {clean.max():.3f}")
-        rows.append({"trial": label(*key), "flags": flags})
-    return pd.DataFrame(rows, columns=["trial", "flags"])
+        rows.append({"trial": label(*key), "flags": flags, "checked_by": "dashboard" if len(fin) else ""})
+    return pd.DataFrame(rows, columns=["trial", "flags", "checked_by"])
 
 
 # ---------------------------------------------------------------------------- trial table

@@ -400,6 +400,9 @@ def test_masking_flags_stored_and_checked(tmp_path):
     flags = data.masking_flags(res.trials, res.evals, keys).set_index("trial")["flags"]
     assert flags[data.label(*keys[0])] == ["gradient_free_beats_whitebox", "fgsm_beats_pgd"]
     assert flags[data.label(*keys[1])] == []
+    never = next(t["trial_id"] for t in trials if t["trial_id"] not in cands)
+    checked = data.masking_flags(res.trials, res.evals, keys + [("pgd_at-digits", never)])["checked_by"].tolist()
+    assert checked == ["evaluator", "evaluator", ""]
     # without the evaluator's column the dashboard's own checks run
     bare = res.trials.drop(columns="masking_flags")
     flags = data.masking_flags(bare, res.evals, keys).set_index("trial")["flags"]
