@@ -28,12 +28,13 @@ from ray.tune.search.optuna import OptunaSearch
 
 import search_spaces
 from raysearch import data as data_mod
-from raysearch import store
+from raysearch import store, trial_io
 from raysearch.config import ExperimentConfig, default_config
 from raysearch.pareto import hypervolume_2d, pareto_mask
 
 OBJECTIVES = ("clean_acc", "robust_acc")
 TRAIN_DIR = "train"  # <experiment>/train/<trial_id>/: each trial's Ray Train run and checkpoints
+INTERRUPTED = "interrupted: the search was killed before it saved this trial; another trial took its place"
 
 
 class LaunchError(Exception):
@@ -73,8 +74,11 @@ def run_trial(config: dict[str, Any], exp: dict[str, Any]) -> None:
     try:
         result = trainer.fit()
         metrics = dict(result.metrics or {})
-        final.update({k: metrics.get(k) for k in ("epoch", "clean_acc", "robust_acc", "nodes", "eval_n")})
+        final.update({k: metrics.get(k) for k in ("epoch", "clean_acc", "robust_acc", "nodes", "node_ids", "eval_n")})
         final["checkpoint_path"] = result.checkpoint.path if result.checkpoint else ""
+        if result.checkpoint:
+            with result.checkpoint.as_directory() as d:
+                final["history_json"] = json.dumps(trial_io.load_meta(d).get("history", []))
         if metrics.get("diverged"):
             final.update(status=store.FAILED, error=f"diverged: {metrics['diverged']}")
         elif result.checkpoint is None:
@@ -83,7 +87,14 @@ def run_trial(config: dict[str, Any], exp: dict[str, Any]) -> None:
             final["status"] = store.COMPLETED
     except Exception as e:  # a trial that raises is recorded as failed; the search goes on
         cause = e.__cause__ or e
-        final.update(status=store.FAILED, error=f"{type(cause).__name__}: {cause}".splitlines()[0][:500],
+        error = f"{type(cause).__name__}: {cause}".splitlines()[0]
+        # Ray Train's error only says that workers failed; a worker's own error says why (user
+        # code's comes as its traceback text, whose last line is "Type: message")
+        failures = [str(f).strip() for f in (getattr(e, "worker_failures", None) or {}).values()]
+        if failures and failures[0]:
+            lines = failures[0].splitlines()
+            error = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+        final.update(status=store.FAILED, error=error[:500],
                      traceback="".join(traceback.format_exception(e))[-4000:])
     if final["status"] == store.FAILED:
         final["clean_acc"] = final["robust_acc"] = math.nan
@@ -111,16 +122,39 @@ class Searcher(OptunaSearch):
         if not failed or trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
         ot_trial = self._ot_trials[trial_id]
+        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            self._completed_trials.add(trial_id)  # told before the driver restarted (--resume)
+            return
         reason = (result or {}).get("error") or ("the trial raised" if error else "non-finite objective")
         self._ot_study._storage.set_trial_user_attr(ot_trial._trial_id, "fail_reason", str(reason)[:1000])
         self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
         self._completed_trials.add(trial_id)
 
+    def restore(self, checkpoint_path: str):
+        """After a killed driver (--resume): an Optuna trial asked after the search state was
+        last saved belongs to no Tune trial (Tune asks for a new one in its place) and would stay
+        RUNNING forever; it is failed with the reason."""
+        super().restore(checkpoint_path)
+        known = {t._trial_id for t in self._ot_trials.values()}
+        for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t._trial_id not in known:
+                self._ot_study._storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
+                self._ot_study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+
+
+def front_gamma(n: int) -> int:
+    """How many of n finished trials TPE models as good: a quarter (at least 2, at most 25).
+    Optuna's multi-objective default, a tenth, is one trial until the tenth, and TPE then samples
+    around a single point of the front instead of along it (bench/search_efficiency.py)."""
+    return min(max(2, math.ceil(0.25 * n)), 25)
+
 
 def make_sampler(name: str, seed: int, num_samples: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
+        # constant_liar (Optuna's default): concurrent trials see each other as running, so
+        # trials asked together are not drawn from the same spot
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(num_samples // 3, 1)),
-                                          multivariate=True)
+                                          multivariate=True, constant_liar=True, gamma=front_gamma)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, num_samples // 3)))
     if name == "gp":
@@ -157,6 +191,20 @@ class StoreCallback(ray.tune.Callback):
         self.evals: dict[tuple, dict] = {
             (r["trial_id"], r["stage"], r["epoch"], r["attack"]): r for r in store.read_rows(exp_dir / store.EVALS)}
         self.t0 = time.time()
+        self.reconciled = False
+
+    def on_step_begin(self, iteration, trials, **info):
+        """Once, after --resume: a trial still marked running that the restored search does not
+        know started after the search state was last saved; it will not run again."""
+        if self.reconciled:
+            return
+        self.reconciled = True
+        live = {t.trial_id for t in trials}
+        lost = [r for r in self.trials.values() if r["status"] == store.RUNNING and r["trial_id"] not in live]
+        for row in lost:
+            row.update(status=store.FAILED, error=INTERRUPTED, finished_at=time.time())
+        if lost:
+            self._write()
 
     def _row(self, trial) -> dict:
         row = self.trials.get(trial.trial_id)
@@ -184,22 +232,30 @@ class StoreCallback(ray.tune.Callback):
             self._finish(row, result)
         elif "epoch" in result:
             row.update(epochs=int(result["epoch"]), clean_acc=result["clean_acc"], robust_acc=result["robust_acc"],
-                       nodes=result.get("nodes"), checkpoint=result.get("checkpoint_path") or row.get("checkpoint"))
+                       nodes=result.get("nodes"), checkpoint=result.get("checkpoint_path") or row.get("checkpoint"),
+                       node_ids=result.get("node_ids"),
+                       # the latest epoch a restarted worker group resumed from (0: never restarted)
+                       resumed_from=max(row.get("resumed_from") or 0, int(result.get("resumed_from") or 0)))
             if "train_started_at" in result and not result.get("resumed_from"):
                 # seconds from the trial's start to its first training step (Ray + process start-up)
                 row["startup_s"] = result["train_started_at"] - row["started_at"]
-            base = {"experiment": self.exp.name, "trial_id": trial.trial_id, "method": self.exp.method,
-                    "dataset": self.exp.dataset, "stage": "trial", "epoch": int(result["epoch"]),
-                    "n": int(result.get("eval_n", 0)), "seconds": float(result.get("eval_s", math.nan))}
-            self.evals[(trial.trial_id, "trial", base["epoch"], "clean")] = {
-                **base, "attack": "clean", "family": "clean", "threat": "clean", "norm": "none", "eps": math.nan,
-                "accuracy": result["clean_acc"], "eot_samples": int(result.get("eval_eot", 1))}
-            self.evals[(trial.trial_id, "trial", base["epoch"], "pgd_proxy")] = {
-                **base, "attack": f"pgd{self.exp.eval_steps}_linf", "family": "pgd", "threat": "seen",
-                "norm": "linf", "eps": self.exp.eps_eval, "accuracy": result["robust_acc"],
-                "eot_samples": int(result.get("eval_eot", 1))}
+            self._record_epoch(trial.trial_id, result)
             self._progress(trial, row, result)
         self._write()
+
+    def _record_epoch(self, trial_id: str, result: dict):
+        base = {"experiment": self.exp.name, "trial_id": trial_id, "method": self.exp.method,
+                "dataset": self.exp.dataset, "stage": "trial", "epoch": int(result["epoch"]),
+                "n": int(result.get("eval_n", 0)), "seconds": float(result.get("eval_s", math.nan))}
+        self.evals[(trial_id, "trial", base["epoch"], "clean")] = {
+            **base, "attack": "clean", "family": "clean", "threat": "clean", "norm": "none", "eps": math.nan,
+            "accuracy": result["clean_acc"], "eot_samples": int(result.get("eval_eot", 1))}
+        # keyed by the stored attack name, as the rows read back on --resume are
+        attack = f"pgd{self.exp.eval_steps}_linf"
+        self.evals[(trial_id, "trial", base["epoch"], attack)] = {
+            **base, "attack": attack, "family": "pgd", "threat": "seen",
+            "norm": "linf", "eps": self.exp.eps_eval, "accuracy": result["robust_acc"],
+            "eot_samples": int(result.get("eval_eot", 1))}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         """A trial that ends without its driver's final report was stopped by the scheduler: it
@@ -233,11 +289,14 @@ class StoreCallback(ray.tune.Callback):
         self._write()
 
     def _finish(self, row: dict, result: dict):
+        # epochs whose results were in flight when an earlier driver died (same keys: no duplicates)
+        for epoch_result in json.loads(result.get("history_json") or "[]"):
+            self._record_epoch(row["trial_id"], epoch_result)
         row.update(status=result["status"], error=result.get("error"), finished_at=time.time(),
                    wall_s=result.get("wall_s"), checkpoint=result.get("checkpoint_path") or row.get("checkpoint"))
         if result["status"] == store.COMPLETED:
             row.update(clean_acc=result["clean_acc"], robust_acc=result["robust_acc"], epochs=int(result["epoch"]),
-                       nodes=result.get("nodes") or row.get("nodes"))
+                       nodes=result.get("nodes") or row.get("nodes"), node_ids=result.get("node_ids") or row.get("node_ids"))
         devices = self.exp.workers_per_trial * (self.exp.gpus_per_worker or 1)
         row["device_s"] = (row.get("wall_s") or 0.0) * devices
         done = sum(r["status"] != store.RUNNING for r in self.trials.values())
@@ -276,8 +335,22 @@ def connect(exp: ExperimentConfig) -> str:
                                   logging_level="INFO" if exp.verbose else "ERROR")
     try:
         if exp.address:
-            ctx = ray.init(address=exp.address, **kwargs)
+            # name the cluster to the placement-group cleaner too (see below): without it a
+            # trial whose driver died with its node keeps its workers' resources forever
+            address = exp.address
+            if address == "auto":
+                address = ray._private.services.canonicalize_bootstrap_address_or_die(address)
+            if not address.startswith("ray://"):
+                env["RAY_ADDRESS"] = address
+            ctx = ray.init(address=address, **kwargs)
         else:
+            # On Linux Ray turns 127.0.0.1 into the host's routable IP and its GCS, raylet and
+            # workers then listen on every interface; its single-machine mode (the default on
+            # macOS/Windows) keeps the node on 127.0.0.1 and every listener on loopback. The
+            # environment variable reaches the Ray processes started here; the constant was
+            # already read by this one.
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+            ray_constants.ENABLE_RAY_CLUSTER = False
             # Ray Train's placement-group cleaner (it frees a stopped trial's workers) looks its
             # cluster up with the State API, which refuses to guess when several local Ray
             # instances run on the host: name ours, via a GCS port chosen here
@@ -416,12 +489,20 @@ def run(exp: ExperimentConfig) -> int:
 
 
 def final_evaluation(exp: ExperimentConfig, exp_dir: Path) -> None:
+    """The full attack suite on the front's trials, on the test split; prints its tables and the
+    fronts recomputed per attack. A failure here keeps the search's results as they are."""
+    from raysearch import evaluate
+
+    print(f"\nfinal evaluation: full attack suite on the Pareto candidates ({exp.final_eval_size} test images, "
+          f"EOT {exp.eot_samples} for randomized predictors)", flush=True)
     try:
-        from raysearch import evaluate
-    except ImportError:
-        print("final evaluation: the attack suite is not available in this installation", file=sys.stderr)
+        summary = evaluate.evaluate_experiment(exp_dir, subset=exp.final_eval_size, eot=exp.eot_samples,
+                                               data_dir=exp.data_dir,
+                                               progress=lambda msg: print(f"  {msg}", flush=True))
+    except evaluate.EvalError as e:
+        print(f"final evaluation failed: {e}", file=sys.stderr)
         return
-    evaluate.evaluate_experiment(exp_dir, subset=exp.final_eval_size, eot=exp.eot_samples, progress=True)
+    print(summary["report"], flush=True)
 
 
 def front_table(rows: list[dict], searched: list[str]) -> tuple[list[dict], float]:
