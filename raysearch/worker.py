@@ -43,13 +43,13 @@ def _all_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
-def _node_ips() -> str:
-    ip = ray.util.get_node_ip_address()
+def _gathered(value: str) -> str:
+    """The distinct values of every rank, sorted and comma-separated (node IPs, node ids)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        ips: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(ips, ip)
-        return ",".join(sorted(set(ips)))
-    return ip
+        values: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(values, value)
+        return ",".join(sorted(set(values)))
+    return value
 
 
 def train_loop(loop_cfg: dict[str, Any]) -> None:
@@ -106,16 +106,24 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
     opts, scheds = defense.optimizers({r: raw[r] for r in roles}, cfg, cfg.epochs * steps_per_epoch)
 
     start_epoch = 0
+    # every epoch's proxy evaluation, kept in the checkpoint: a result in flight when the driver
+    # died is recovered from it (the driver re-reports the history when the run ends)
+    history: list[dict[str, Any]] = []
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
+            meta = trial_io.load_meta(d)
+            if meta.get("diverged"):
+                return  # a diverged trial stays failed; its last report already says why
+            history = list(meta.get("history", []))
             start_epoch = trial_io.restore(trial_io.load_state(d, device), raw, opts, scheds) + 1
 
     eval_x, eval_y = data_mod.eval_subset(data.val, exp["eval_size"], seed=0)
     shard = slice(rank, None, world)
     eval_x, eval_y = eval_x[shard].to(device), eval_y[shard].to(device)
     eps_eval = exp["eps_eval"] or spec.eps_eval
-    nodes = _node_ips()
+    # node ids tell apart nodes that share an IP (several raylets on one host)
+    nodes, node_ids = _gathered(ray.util.get_node_ip_address()), _gathered(ray.get_runtime_context().get_node_id())
     ctx = StepContext(nets=wrapped, raw=raw, opts=opts, scheds=scheds, cfg=cfg, spec=spec, epoch=start_epoch,
                       step=start_epoch * steps_per_epoch, steps_per_epoch=steps_per_epoch, device=device,
                       autocast=perf.autocast(device, popts))
@@ -159,6 +167,8 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
             "train_s": train_s,
             "eval_s": time.time() - t1,
             "nodes": nodes,
+            "node_ids": node_ids,
+            "resumed_from": start_epoch,  # epochs restored from a checkpoint by this worker group (0: none)
             "diverged": (bad or "another worker's loss was not finite") if diverged else "",
             **{f"loss_{k}": v / steps_per_epoch for k, v in sums.items()},
         }
@@ -170,9 +180,13 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
             metrics.update(marks)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
-            if rank == 0 and not diverged:
+            # a diverged epoch is checkpointed too, marked, so that the run's result (which Ray
+            # Train takes from the last checkpoint) carries the reason, and a rerun stops at once
+            history.append({k: metrics[k] for k in ("epoch", "clean_acc", "robust_acc", "eval_n", "eval_s", "eval_eot")})
+            if rank == 0:
                 trial_io.save(tmp, nets=raw, opts=opts, scheds=scheds, epoch=epoch, method=method,
-                              dataset=spec.name, cfg=cfg)
+                              dataset=spec.name, cfg=cfg,
+                              extra={"history": history, **({"diverged": metrics["diverged"]} if diverged else {})})
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
         if diverged:
