@@ -1,0 +1,135 @@
+"""What a search loads and exposes: checkpoints and cached components refuse pickled code, a
+local Ray started by the CLI listens on loopback only, the dashboard reads only below its
+results root."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from raysearch import components, data, trial_io
+from raysearch.config import default_config
+from tests.conftest import ROOT
+from trainables.base import Component
+
+
+class _Payload:
+    """Unpickling this creates a folder: a stand-in for arbitrary code in a crafted file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def _armed(path, state: dict, marker) -> None:
+    """A real state dict with the payload beside it, saved the way torch saves checkpoints;
+    checks that an unrestricted load would run it."""
+    torch.save({**state, "extra": _Payload(str(marker))}, path)
+    torch.load(path, weights_only=False)
+    assert marker.is_dir(), "the payload should run under a plain pickle load"
+    marker.rmdir()
+
+
+def test_a_checkpoint_carrying_pickled_code_is_refused(tmp_path):
+    net = nn.Linear(4, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    cfg = default_config("standard", data.SPECS["digits"])
+    trial_io.save(tmp_path, nets={"classifier": net}, opts={"classifier": opt}, scheds={}, epoch=0,
+                  method="standard", dataset="digits", cfg=cfg)
+    assert trial_io.load_state(tmp_path)["epoch"] == 0  # the genuine checkpoint loads
+
+    marker = tmp_path / "pwned"
+    _armed(tmp_path / trial_io.STATE, torch.load(tmp_path / trial_io.STATE, weights_only=True), marker)
+    with pytest.raises(pickle.UnpicklingError):
+        trial_io.load_state(tmp_path)
+    assert not marker.exists()
+
+
+def test_a_cached_component_carrying_pickled_code_is_refused(tmp_path):
+    spec = data.SPECS["digits"]
+    cfg = default_config("standard", spec)
+
+    def fit(nets, cfg, spec, batches, device):
+        with torch.no_grad():
+            nets["purifier"].weight.fill_(0.5)
+
+    comp = Component(name="purifier", nets_filled=("purifier",), key={"width": 4}, fit=fit)
+    nets = {"purifier": nn.Linear(4, 4)}
+    assert components.ensure("m", [comp], nets, cfg, spec, tmp_path, None, torch.device("cpu")) == {
+        "purifier": "trained"}
+    fresh = {"purifier": nn.Linear(4, 4)}
+    assert components.ensure("m", [comp], fresh, cfg, spec, tmp_path, None, torch.device("cpu")) == {
+        "purifier": "loaded"}
+    assert torch.equal(fresh["purifier"].weight, torch.full((4, 4), 0.5))
+
+    weights = components.component_dir(tmp_path, components.component_key("m", comp, spec, cfg.arch)) / "weights.pt"
+    marker = tmp_path / "pwned"
+    _armed(weights, torch.load(weights, weights_only=True), marker)
+    with pytest.raises(pickle.UnpicklingError):
+        components.ensure("m", [comp], {"purifier": nn.Linear(4, 4)}, cfg, spec, tmp_path, None,
+                          torch.device("cpu"))
+    assert not marker.exists()
+
+
+LISTENERS = """
+import json, ray, psutil  # psutil: the copy bundled with Ray
+from raysearch import launcher
+from raysearch.config import ExperimentConfig
+
+launcher.connect(ExperimentConfig(method="standard"))
+where = ray.get(ray.remote(lambda: ray.util.get_node_ip_address()).remote())  # a worker listens too
+me = psutil.Process()
+listening = []
+for p in [me, *me.children(recursive=True)]:
+    try:
+        listening += [[p.name(), c.laddr.ip, c.laddr.port] for c in p.net_connections("inet")
+                      if c.status == psutil.CONN_LISTEN]
+    except psutil.NoSuchProcess:
+        pass
+print("RESULT" + json.dumps({"worker_ip": where, "nodes": [n["NodeManagerAddress"] for n in ray.nodes()],
+                             "listening": listening}))
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_local_ray_started_by_the_cli_listens_on_loopback_only():
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    proc = subprocess.run([sys.executable, "-c", LISTENERS], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    got = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert got["nodes"] == ["127.0.0.1"] and got["worker_ip"] == "127.0.0.1"
+    names = {name for name, _, _ in got["listening"]}
+    assert {"gcs_server", "raylet"} <= names  # the listeners of Ray's own servers were seen
+    loopback = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+    exposed = [entry for entry in got["listening"] if entry[1] not in loopback]
+    assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+def test_the_dashboard_reads_nothing_outside_its_results_root(tmp_path):
+    dash = pytest.importorskip("dashboard.data")
+    from raysearch import store
+
+    root, outside = tmp_path / "results", tmp_path / "private"
+    (root / "exp").mkdir(parents=True)
+    outside.mkdir()
+    store.write_trials(outside, [{"trial_id": "secret", "method": "standard", "status": "completed",
+                                  "clean_acc": 0.9, "robust_acc": 0.1}])
+    store.write_json(outside / "experiment.json", {"config": {"method": "secret-config"}})
+    os.symlink(outside / store.TRIALS, root / "exp" / store.TRIALS)
+    os.symlink(outside / "experiment.json", root / "exp" / "experiment.json")
+    os.symlink(outside, root / "escape")
+    res = dash.load_results(root)
+    assert "secret" not in set(res.trials.get("trial_id", []))
+    assert "secret-config" not in json.dumps(res.meta, default=str)
+    assert "escape" not in res.experiments
+    assert sum("outside the results root" in p.message for p in res.problems) >= 2
