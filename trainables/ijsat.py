@@ -251,9 +251,9 @@ class IJSAT(Defense):
         n = x.shape[0]
         lam = torch.ones(n, device=x.device)
         ya, yb, points, latents = y, y, x, None
-        with torch.no_grad():
-            z = flow.encode(x) if cfg.eps_z > 0 or cfg.mixup_space == "latent" else None
         mix = cfg.mix_weight > 0 and float(torch.rand(())) < cfg.mixup_prob
+        with torch.no_grad():
+            z = flow.encode(x) if cfg.eps_z > 0 or (mix and cfg.mixup_space == "latent") else None
         if mix:
             # the attacked interpolates join the batch: one joint attack over 2n points
             perm = torch.randperm(n, device=x.device)
