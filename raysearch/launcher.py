@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -153,8 +154,10 @@ def make_sampler(name: str, seed: int, num_samples: int) -> optuna.samplers.Base
     if name == "tpe":
         # constant_liar (Optuna's default): concurrent trials see each other as running, so
         # trials asked together are not drawn from the same spot
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(num_samples // 3, 1)),
-                                          multivariate=True, constant_liar=True, gamma=front_gamma)
+        with warnings.catch_warnings():  # gamma is deprecated (Optuna 4.9) but kept until Optuna 6
+            warnings.simplefilter("ignore", FutureWarning)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(num_samples // 3, 1)),
+                                              multivariate=True, constant_liar=True, gamma=front_gamma)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, num_samples // 3)))
     if name == "gp":

@@ -12,6 +12,7 @@ APGD-DLR, 9 target classes for APGD-T; EOT over 20 draws for randomized models (
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import torch
@@ -37,10 +38,11 @@ def checkpoints(n_iter: int) -> list[int]:
 
 def apgd(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "linf",
          n_iter: int = 100, loss: str = "ce", restarts: int = 1, n_targets: int = 0,
-         eot: int = 1, seed: int = 0) -> torch.Tensor:
+         eot: int = 1, seed: int = 0, early_stop: bool | None = None) -> torch.Tensor:
     """APGD with ``loss`` in {"ce", "dlr"} (untargeted), or APGD-T (targeted DLR against each of
     the ``n_targets`` most likely wrong classes in turn) when ``n_targets`` > 0. Restarts and
-    targets run only on the images not fooled yet."""
+    targets run only on the images not fooled yet. ``early_stop`` (default: when ``eot`` is 1)
+    stops attacking an image once it is fooled."""
     if norm not in ("linf", "l2"):
         raise ValueError(f"apgd: norm must be linf or l2, got {norm!r}")
     x, y = x.detach(), y.detach()
@@ -61,12 +63,9 @@ def apgd(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm:
         idx = alive.nonzero().squeeze(1)
         if not len(idx):
             break
-        if target is None:
-            loss_fn = core.LOSSES[loss]
-        else:
-            t = target[idx]
-            loss_fn = lambda z, yy, t=t: core.dlr_targeted_loss(z, yy, t)  # noqa: E731
-        x_adv, fooled = _run(model, x[idx], y[idx], eps, norm, n_iter, loss_fn, eot, g)
+        x_adv, fooled = _run(model, x[idx], y[idx], eps, norm, n_iter, core.LOSSES[loss],
+                             None if target is None else target[idx], eot, g,
+                             eot <= 1 if early_stop is None else early_stop)
         best[idx] = x_adv
         alive[idx[fooled]] = False
     return best
@@ -82,7 +81,14 @@ def _project(x_adv, x, eps, norm):
     return core.project_linf(x_adv, x, eps) if norm == "linf" else core.project_l2(x_adv, x, eps)
 
 
-def _run(model, x, y, eps, norm, n_iter, loss_fn, eot, g):
+def _run(model, x, y, eps, norm, n_iter, loss_fn, target, eot, g, early_stop):
+    """One APGD run; returns (first fooling iterate, else the highest-loss point; fooled).
+    With ``early_stop`` an image leaves the batch once fooled; examples do not interact, so
+    the others follow the same iterates as without it. ``target``: per-image target classes
+    for the targeted DLR loss (then ``loss_fn`` is unused)."""
+    def loss_on(sel):
+        return loss_fn if target is None else partial(core.dlr_targeted_loss, target=target[sel])
+
     n = len(x)
     shape = (n,) + (1,) * (x.dim() - 1)
     if norm == "linf":
@@ -91,31 +97,39 @@ def _run(model, x, y, eps, norm, n_iter, loss_fn, eot, g):
     else:
         t = core.normal(g, x.shape, x)
         x_adv = (x + eps * t / (core.l2_norm(t) + 1e-12)).clamp(0, 1)
-    loss, grad, p = core.loss_grad(model, x_adv, y, loss_fn, eot)
+    loss, grad, p = core.loss_grad(model, x_adv, y, loss_on(slice(None)), eot)
     fooled = p.argmax(1) != y
-    x_found = x_adv.clone()  # an iterate that fools the model, where one was found
+    x_found = x_adv.clone()  # the first iterate that fooled the model, where one did
     x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
     step = torch.full(shape, 2.0 * eps, device=x.device, dtype=x.dtype)
     x_prev = x_adv.clone()
     marks = set(checkpoints(n_iter))
     last_mark = 0
-    history = [loss]  # loss at every iterate, from the start point
+    history = [loss.clone()]  # loss at every iterate, from the start point
     best_at_last_mark = loss_best.clone()
     halved_at_last_mark = torch.ones(n, dtype=torch.bool, device=x.device)
+    act = torch.arange(n, device=x.device)
     for i in range(n_iter):
+        if early_stop:
+            act = (~fooled).nonzero().squeeze(1)
+            if not len(act):
+                break
         with torch.no_grad():
             a = MOMENTUM if i > 0 else 1.0
-            z = _step(x_adv, grad, step, x, eps, norm)
-            x_new = _project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), x, eps, norm)
-            x_prev, x_adv = x_adv, x_new
-        loss, grad, p = core.loss_grad(model, x_adv, y, loss_fn, eot)
+            xa, x0 = x_adv[act], x[act]
+            z = _step(xa, grad[act], step[act], x0, eps, norm)
+            x_new = _project(xa + a * (z - xa) + (1 - a) * (xa - x_prev[act]), x0, eps, norm)
+            x_prev[act] = xa
+            x_adv[act] = x_new
+        l_new, g_new, p = core.loss_grad(model, x_new, y[act], loss_on(act), eot)
         with torch.no_grad():
-            wrong = (p.argmax(1) != y) & ~fooled
-            x_found[wrong] = x_adv[wrong]
-            fooled |= wrong
-            better = loss > loss_best
+            loss[act], grad[act] = l_new, g_new
+            wrong = (p.argmax(1) != y[act]) & ~fooled[act]
+            x_found[act[wrong]] = x_new[wrong]
+            fooled[act[wrong]] = True
+            better = act[l_new > loss_best[act]]
             x_best[better], grad_best[better], loss_best[better] = x_adv[better], grad[better], loss[better]
-            history.append(loss)
+            history.append(loss.clone())
             if i + 1 in marks:
                 span = i + 1 - last_mark
                 raised = sum((history[k] > history[k - 1]).float() for k in range(last_mark + 1, i + 2))

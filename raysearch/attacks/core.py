@@ -121,37 +121,44 @@ def project_l2(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor
 
 
 def param_pgd(model: Callable, x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor,
-              render: Callable[[torch.Tensor], torch.Tensor], bound: float, steps: int,
+              render: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], bound: float, steps: int,
               step_factor: float = 2.5, loss: str = "ce",
-              penalty: Callable[[torch.Tensor], torch.Tensor] | None = None, eot: int = 1):
+              penalty: Callable[[torch.Tensor], torch.Tensor] | None = None, eot: int = 1,
+              early_stop: bool | None = None):
     """Signed-gradient ascent on a per-image parameter tensor ``theta`` (a flow field, colour
-    map or DCT perturbation) kept in [−bound, bound], maximizing loss(render(theta)) minus an
-    optional per-example ``penalty(theta)``. Returns the first image that fools the model,
-    else the last iterate."""
+    map or DCT perturbation) kept in [−bound, bound], maximizing loss(render(x, theta)) minus
+    an optional per-example ``penalty(theta)``. Returns the first image that fools the model,
+    else the last iterate. ``early_stop`` (default: when ``eot`` is 1) stops attacking an
+    image once it is fooled."""
     loss_fn = LOSSES[loss]
+    early_stop = eot <= 1 if early_stop is None else early_stop
     alpha = step_factor * bound / max(steps, 1)
-    x_adv = render(theta).detach()
-    found = x_adv.clone()
+    theta = theta.detach().clone()
+    found = render(x, theta).detach()
     fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    act = torch.arange(len(x), device=x.device)
     for _ in range(steps):
-        theta = theta.detach().requires_grad_(True)
+        if early_stop:
+            act = (~fooled).nonzero().squeeze(1)
+            if not len(act):
+                break
+        th = theta[act].requires_grad_(True)
         with torch.enable_grad():
-            x_adv = render(theta)
+            x_adv = render(x[act], th)
             z = draws(model, x_adv, eot)
-            obj = loss_fn(z, y).mean(0)
+            obj = loss_fn(z, y[act]).mean(0)
             if penalty is not None:
-                obj = obj - penalty(theta)
-            grad, = torch.autograd.grad(obj.sum(), theta)
+                obj = obj - penalty(th)
+            grad, = torch.autograd.grad(obj.sum(), th)
         with torch.no_grad():
-            wrong = (probs(z.detach()).argmax(1) != y) & ~fooled
-            found[wrong] = x_adv.detach()[wrong]
-            fooled |= wrong
-            theta = (theta + alpha * grad.sign()).clamp(-bound, bound)
+            wrong = (probs(z.detach()).argmax(1) != y[act]) & ~fooled[act]
+            found[act[wrong]] = x_adv.detach()[wrong]
+            fooled[act[wrong]] = True
+            theta[act] = (th.detach() + alpha * grad.sign()).clamp(-bound, bound)
     with torch.no_grad():
-        x_adv = render(theta).detach()
-        wrong = (predict(model, x_adv, eot) != y) & ~fooled
-        keep = ~fooled | wrong
-        found[keep] = x_adv[keep]
+        rest = (~fooled).nonzero().squeeze(1)
+        if len(rest):
+            found[rest] = render(x[rest], theta[rest])
     return found
 
 

@@ -79,5 +79,5 @@ def jpeg(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps
     n, c, h, w = x.shape
     shape = (n, c, math.ceil(h / BLOCK) * BLOCK, math.ceil(w / BLOCK) * BLOCK)
     delta = core.uniform(g, shape, x, -eps, eps)
-    return core.param_pgd(model, x, y, delta, lambda d: render(x, d), eps, steps, loss=loss, eot=eot)
+    return core.param_pgd(model, x, y, delta, render, eps, steps, loss=loss, eot=eot)
 

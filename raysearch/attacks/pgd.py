@@ -18,8 +18,10 @@ from raysearch.attacks import core
 
 def pgd(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "linf",
         steps: int = 50, restarts: int = 1, step_factor: float = 2.5, loss: str = "ce",
-        random_start: bool = True, eot: int = 1, seed: int = 0) -> torch.Tensor:
-    """Adversarial images within the ``norm`` ε-ball around x, in [0, 1]."""
+        random_start: bool = True, eot: int = 1, seed: int = 0, early_stop: bool | None = None) -> torch.Tensor:
+    """Adversarial images within the ``norm`` ε-ball around x, in [0, 1]. ``early_stop``
+    (default: when ``eot`` is 1) stops attacking an image once it is fooled; its fooling
+    iterate is kept, so for a deterministic model the result is the same, only cheaper."""
     if norm not in ("linf", "l2"):
         raise ValueError(f"pgd: norm must be linf or l2, got {norm!r}")
     x, y = x.detach(), y.detach()
@@ -34,14 +36,16 @@ def pgd(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: 
         if not len(idx):
             break
         x_adv, fooled = _run(model, x[idx], y[idx], eps, norm, steps, step_factor * eps / steps,
-                             loss_fn, random_start, eot, g)
+                             loss_fn, random_start, eot, g, eot <= 1 if early_stop is None else early_stop)
         best[idx] = x_adv
         alive[idx[fooled]] = False
     return best
 
 
-def _run(model, x, y, eps, norm, steps, alpha, loss_fn, random_start, eot, g):
-    """One PGD run; returns (first fooling iterate, else the last one; fooled mask)."""
+def _run(model, x, y, eps, norm, steps, alpha, loss_fn, random_start, eot, g, early_stop):
+    """One PGD run; returns (first fooling iterate, else the last one; fooled mask). With
+    ``early_stop`` an image leaves the batch once fooled (the others' iterates are unchanged:
+    examples do not interact in eval mode)."""
     if random_start:
         if norm == "linf":
             x_adv = (x + core.uniform(g, x.shape, x, -eps, eps)).clamp(0, 1)
@@ -53,20 +57,27 @@ def _run(model, x, y, eps, norm, steps, alpha, loss_fn, random_start, eot, g):
         x_adv = x.clone()
     found = x_adv.clone()
     fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    act = torch.arange(len(x), device=x.device)
     for _ in range(steps):
-        _, grad, p = core.loss_grad(model, x_adv, y, loss_fn, eot)
-        wrong = (p.argmax(1) != y) & ~fooled
-        found[wrong] = x_adv[wrong]
-        fooled |= wrong
+        if early_stop:
+            act = (~fooled).nonzero().squeeze(1)
+            if not len(act):
+                break
+        xa, x0, ya = x_adv[act], x[act], y[act]
+        _, grad, p = core.loss_grad(model, xa, ya, loss_fn, eot)
         with torch.no_grad():
+            wrong = (p.argmax(1) != ya) & ~fooled[act]
+            found[act[wrong]] = xa[wrong]
+            fooled[act[wrong]] = True
             if norm == "linf":
-                x_adv = core.project_linf(x_adv + alpha * grad.sign(), x, eps)
+                x_adv[act] = core.project_linf(xa + alpha * grad.sign(), x0, eps)
             else:
-                x_adv = core.project_l2(x_adv + alpha * grad / (core.l2_norm(grad) + 1e-12), x, eps)
+                x_adv[act] = core.project_l2(xa + alpha * grad / (core.l2_norm(grad) + 1e-12), x0, eps)
     with torch.no_grad():
-        wrong = (core.predict(model, x_adv, eot) != y) & ~fooled
-    fooled |= wrong
-    found[~fooled | wrong] = x_adv[~fooled | wrong]
+        rest = (~fooled).nonzero().squeeze(1)
+        found[rest] = x_adv[rest]
+        if len(rest):
+            fooled[rest] = core.predict(model, x_adv[rest], eot) != y[rest]
     return found, fooled
 
 

@@ -54,6 +54,6 @@ def recolor(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, st
     n, c = x.shape[:2]
     shape = (n, 1, grid) if c == 1 else (n, 3, grid, grid, grid)
     delta = core.uniform(g, shape, x, -eps, eps)
-    return core.param_pgd(model, x, y, delta, lambda d: apply_colour_map(x, d), eps, steps,
+    return core.param_pgd(model, x, y, delta, apply_colour_map, eps, steps,
                           loss=loss, penalty=lambda d: smoothness * grid_smoothness(d) / eps ** 2,
                           eot=eot)

@@ -49,27 +49,35 @@ def square(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, n_q
     margin = _margin(model, x_best, y, eot)
     rows = torch.arange(h, device=x.device)
     cols = torch.arange(w, device=x.device)
+    # the images still to fool, kept as compact tensors; re-compacted only when one is fooled
+    idx = (margin > 0).nonzero().squeeze(1)
+    xc, xb, yc, mc = x[idx], x_best[idx], y[idx], margin[idx]
     for it in range(n_queries):
-        idx = (margin > 0).nonzero().squeeze(1)
         if not len(idx):
             break
         m = len(idx)
         s = int(round(math.sqrt(p_selection(p_init, it, n_queries) * h * w)))
         s = min(max(s, 1), h - 1)
-        vh = torch.randint(0, h - s + 1, (m,), generator=g, device=x.device)
-        vw = torch.randint(0, w - s + 1, (m,), generator=g, device=x.device)
-        in_h = (rows >= vh[:, None]) & (rows < vh[:, None] + s)
-        in_w = (cols >= vw[:, None]) & (cols < vw[:, None] + s)
-        window = (in_h[:, None, :, None] & in_w[:, None, None, :])
-        xc, xb = x[idx], x_best[idx]
+        vh = torch.randint(0, h - s + 1, (m, 1), generator=g, device=x.device)
+        vw = torch.randint(0, w - s + 1, (m, 1), generator=g, device=x.device)
+        in_h = (rows >= vh) & (rows < vh + s)
+        in_w = (cols >= vw) & (cols < vw + s)
+        window = in_h[:, None, :, None] & in_w[:, None, None, :]
         delta = eps * sign((m, c, 1, 1))
         x_new = torch.where(window, (xc + delta).clamp(0, 1), xb)
         # a window that already holds these values would waste the query: flip its signs
-        same = ((x_new - xb).abs().flatten(1).amax(1) < 1e-7)
+        same = (x_new - xb).abs().flatten(1).amax(1) < 1e-7
         if same.any():
-            x_new[same] = torch.where(window[same], (xc[same] - delta[same]).clamp(0, 1), xb[same])
-        new_margin = _margin(model, x_new, y[idx], eot)
-        better = new_margin < margin[idx]
-        x_best[idx[better]] = x_new[better]
-        margin[idx[better]] = new_margin[better]
+            x_new = torch.where(same.view(-1, 1, 1, 1) & window, (xc - delta).clamp(0, 1), x_new)
+        new_margin = _margin(model, x_new, yc, eot)
+        better = new_margin < mc
+        xb = torch.where(better.view(-1, 1, 1, 1), x_new, xb)
+        mc = torch.where(better, new_margin, mc)
+        done = mc <= 0
+        if done.any():
+            x_best[idx], margin[idx] = xb, mc
+            keep = ~done
+            idx, xc, xb, yc, mc = idx[keep], xc[keep], xb[keep], yc[keep], mc[keep]
+    if len(idx):
+        x_best[idx] = xb
     return x_best

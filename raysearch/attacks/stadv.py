@@ -47,5 +47,5 @@ def stadv(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, step
     g = core.generator(x, seed)
     n, _, h, w = x.shape
     flow = core.uniform(g, (n, 2, h, w), x, -eps, eps)
-    return core.param_pgd(model, x, y, flow, lambda f: warp(x, f), eps, steps, loss=loss,
+    return core.param_pgd(model, x, y, flow, warp, eps, steps, loss=loss,
                           penalty=lambda f: smoothness * flow_smoothness(f), eot=eot)
