@@ -1,0 +1,284 @@
+"""The attack suite on a small CNN trained for a few seconds on digits (ε_eval 0.2 there).
+
+Every registered attack: output in [0, 1], same shape, within its budget, accuracy under attack
+not above clean accuracy, deterministic for a seed, no global RNG use. The norm-ball attacks:
+robust accuracy does not rise with ε or steps, reaches ~0% unbounded, PGD drives the undefended
+model to ~0%; APGD follows the reference schedule and is at least as strong as torchattacks'.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raysearch import attacks as A
+from raysearch import data as data_mod
+from raysearch.attacks import core, corruptions
+
+# the package exports the attack functions under their modules' names; fetch the modules
+apgd_mod, jpeg, recolor, square, stadv = (importlib.import_module(f"raysearch.attacks.{m}")
+                                          for m in ("apgd", "jpeg", "recolor", "square", "stadv"))
+from trainables.nets import make_classifier
+
+N = 64  # test images per attack
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data_mod.load("digits")
+
+
+@pytest.fixture(scope="module")
+def model(digits):
+    """Undefended small CNN, ~97% clean on digits after 6 epochs (a few seconds on 2 cores)."""
+    torch.manual_seed(0)
+    m = make_classifier("auto", digits.spec)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    x, y = digits.train.images(), digits.train.y
+    for _ in range(6):
+        perm = torch.randperm(len(y))
+        for i in range(0, len(y), 64):
+            idx = perm[i:i + 64]
+            loss = F.cross_entropy(m(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    m.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+@pytest.fixture(scope="module")
+def batch(digits, model):
+    """Correctly classified test images (attacks are run on those)."""
+    x, y = data_mod.eval_subset(digits.test, 2 * N, seed=1)
+    ok = core.predict(model, x) == y
+    return x[ok][:N], y[ok][:N]
+
+
+def acc(model, x, y) -> float:
+    return (core.predict(model, x) == y).float().mean().item()
+
+
+ADVERSARIAL = [n for n, a in A.ATTACKS.items() if a.family != "corruption"]
+SAMPLE_CORRUPTIONS = ["gaussian_noise_s3", "gaussian_blur_s5", "contrast_s5", "fog_s5"]
+
+
+@pytest.mark.parametrize("name", ADVERSARIAL + SAMPLE_CORRUPTIONS)
+def test_attack_contract(name, model, batch, digits):
+    attack = A.ATTACKS[name]
+    x, y = batch
+    eps = A.budget(attack, digits.spec)
+    rng = torch.get_rng_state()
+    x_adv = A.run(attack, model, x, y, eps, seed=3)
+    assert torch.equal(torch.get_rng_state(), rng), "attacks must use their own generator"
+    assert x_adv.shape == x.shape and not x_adv.requires_grad
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    d = (x_adv - x).flatten(1)
+    if attack.norm == "linf":
+        assert d.abs().max() <= eps + 1e-6
+    elif attack.norm == "l2":
+        assert d.norm(dim=1).max() <= eps + 1e-5
+    elif attack.norm == "colour":
+        assert d.abs().max() <= eps + 1e-6
+    clean = acc(model, x, y)
+    attacked = acc(model, x_adv, y)
+    if attack.family != "corruption":
+        assert attacked <= clean
+        assert attacked < clean, f"{name} fooled no image of an undefended model"
+    if attack.gradient or attack.family == "square":
+        assert torch.equal(A.run(attack, model, x[:8], y[:8], eps, seed=3), A.run(attack, model, x[:8], y[:8], eps, seed=3))
+
+
+def test_registry_is_plain_data():
+    for name, a in A.ATTACKS.items():
+        assert a.name == name
+        assert a.threat in (A.SEEN, A.UNSEEN, A.CHECK)
+        assert a.budget[0] in A.BUDGET_KINDS
+        if a.threat == A.SEEN:
+            assert a.norm == "linf" and a.budget == ("eps_eval", 1.0)
+    seen = {n for n in A.DEFAULT_SUITE if A.ATTACKS[n].threat == A.SEEN}
+    assert {"pgd_ce", "pgd_cw", "apgd_ce", "apgd_dlr", "square"} <= seen
+    assert A.ATTACKS["apgd_ce"].params["n_iter"] == 100
+    assert A.ATTACKS["square"].params == {"n_queries": 5000, "p_init": 0.8}
+
+
+def test_pgd_drives_undefended_model_to_zero(model, batch, digits):
+    x, y = batch
+    x_adv = A.run(A.ATTACKS["pgd_ce"], model, x, y, digits.spec.eps_eval)
+    assert acc(model, x_adv, y) <= 0.05
+
+
+@pytest.mark.parametrize("fn,kw,eps", [
+    (A.pgd, {"steps": 20}, 1.0),
+    (A.apgd, {"n_iter": 20}, 1.0),
+    (A.pgd, {"steps": 20, "norm": "l2"}, 8.0),  # 8 = the L2 diameter of an 8×8 image in [0, 1]
+    (A.apgd, {"n_iter": 20, "norm": "l2"}, 8.0),
+    (A.jpeg, {"steps": 20}, 8.0),
+])
+def test_unbounded_attack_reaches_zero(fn, kw, eps, model, batch):
+    x, y = batch
+    assert acc(model, fn(model, x, y, eps, **kw), y) <= 0.02
+
+
+@pytest.mark.parametrize("name", ["pgd_ce", "apgd_ce", "pgd_l2", "stadv", "recolor", "jpeg"])
+def test_accuracy_does_not_rise_with_eps(name, model, batch, digits):
+    attack = A.ATTACKS[name]
+    x, y = batch
+    eps = A.budget(attack, digits.spec)
+    params = {k: min(v, 20) if k in ("steps", "n_iter") else v for k, v in attack.params.items()}
+    params["restarts"] = 1 if "restarts" in params else None
+    params = {k: v for k, v in params.items() if v is not None}
+    accs = [acc(model, attack.fn(model, x, y, f * eps, **params), y) for f in (0.25, 0.5, 1.0)]
+    tol = 2 / len(y)
+    assert accs[0] >= accs[1] - tol and accs[1] >= accs[2] - tol, accs
+    assert accs[0] > accs[2], f"{name}: ε has no effect ({accs})"
+
+
+def test_accuracy_does_not_rise_with_steps(model, batch, digits):
+    x, y = batch
+    eps = 0.1  # half of ε_eval, so that the steps matter
+    accs = [acc(model, A.pgd(model, x, y, eps, steps=s), y) for s in (1, 5, 20)]
+    tol = 2 / len(y)
+    assert accs[0] >= accs[1] - tol and accs[1] >= accs[2] - tol, accs
+    accs = [acc(model, A.apgd(model, x, y, eps, n_iter=s), y) for s in (2, 10, 40)]
+    assert accs[0] >= accs[1] - tol and accs[1] >= accs[2] - tol, accs
+
+
+def test_apgd_reference_schedule():
+    assert apgd_mod.checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert square.p_selection(0.8, 0, 5000) == 0.8
+    assert square.p_selection(0.8, 6, 5000) == 0.4  # after 0.1% of the budget
+    assert square.p_selection(0.8, 4999, 5000) == 0.8 / 512
+
+
+def test_apgd_at_least_as_strong_as_torchattacks(model, batch):
+    torchattacks = pytest.importorskip("torchattacks")
+    x, y = batch
+    eps = 0.08  # leaves a share of images robust so that the comparison means something
+    ours = acc(model, A.apgd(model, x, y, eps, n_iter=100), y)
+    ref = torchattacks.APGD(model, norm="Linf", eps=eps, steps=100, n_restarts=1, loss="ce", seed=0)
+    theirs = acc(model, ref(x, y), y)
+    assert ours <= theirs + 2 / len(y), (ours, theirs)
+
+
+def test_early_stop_keeps_the_result(model, batch):
+    """For a deterministic model, dropping fooled images must not change who is fooled."""
+    x, y = batch
+    a = A.pgd(model, x, y, 0.1, steps=10, early_stop=True)
+    b = A.pgd(model, x, y, 0.1, steps=10, early_stop=False)
+    assert torch.equal(core.predict(model, a) == y, core.predict(model, b) == y)
+    a = A.apgd(model, x, y, 0.1, n_iter=20, early_stop=True)
+    b = A.apgd(model, x, y, 0.1, n_iter=20, early_stop=False)
+    assert torch.equal(core.predict(model, a) == y, core.predict(model, b) == y)
+
+
+class Noisy(nn.Module):
+    """A randomized model: Gaussian noise on the input before the classifier."""
+
+    def __init__(self, model: nn.Module, sigma: float):
+        super().__init__()
+        self.model, self.sigma = model, sigma
+
+    def forward(self, x):
+        return self.model(x + self.sigma * torch.randn_like(x))
+
+
+def test_eot_averages_draws(model, batch):
+    x, y = batch
+    noisy = Noisy(model, 0.3)
+    z = core.draws(noisy, x[:4], 6)
+    assert z.shape == (6, 4, 10)
+    assert not torch.allclose(z[0], z[1]), "draws must be independent"
+    # the EOT gradient is the mean of per-draw gradients: it approaches the smooth expectation,
+    # so 32 draws agree in sign with another 32 draws far more than single draws do
+    loss = core.LOSSES["ce"]
+    x, y = x[:16], y[:16]
+    g1 = [core.loss_grad(noisy, x, y, loss, 1)[1] for _ in range(2)]
+    g64 = [core.loss_grad(noisy, x, y, loss, 32)[1] for _ in range(2)]
+    agree = lambda a, b: (a.sign() == b.sign()).float().mean().item()  # noqa: E731
+    assert agree(*g64) > agree(*g1) + 0.1
+
+
+def test_eot_strengthens_attack_on_randomized_model(model, batch):
+    x, y = batch
+    x, y = x[:32], y[:32]
+    noisy = Noisy(model, 0.3)
+    torch.manual_seed(0)
+    plain = (core.predict(noisy, A.pgd(noisy, x, y, 0.1, steps=5, eot=1), eot=32) == y).float().mean()
+    torch.manual_seed(0)
+    eot = (core.predict(noisy, A.pgd(noisy, x, y, 0.1, steps=5, eot=8), eot=32) == y).float().mean()
+    assert eot <= plain
+
+
+def test_stadv_is_a_bounded_smooth_warp(batch):
+    x, _ = batch
+    assert torch.allclose(stadv.warp(x, torch.zeros(len(x), 2, 8, 8)), x, atol=1e-6)
+    shift = torch.zeros(len(x), 2, 8, 8)
+    shift[:, 0] = 1.0  # sample one pixel to the right
+    assert torch.allclose(stadv.warp(x, shift)[..., :-1], x[..., 1:], atol=1e-6)
+    rough = torch.randn(1, 2, 8, 8)
+    assert stadv.flow_smoothness(rough) > stadv.flow_smoothness(torch.full((1, 2, 8, 8), 0.5))
+
+
+def test_stadv_changes_pixels_only_by_interpolation(model, batch):
+    x, y = batch
+    e = 0.25
+    x_adv = A.stadv(model, x, y, e, steps=20)
+    # a displacement ≤ e per axis mixes a pixel with its neighbours by weight ≤ 1 − (1 − e)²
+    pad = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    local = F.max_pool2d(pad, 3, 1) - (-F.max_pool2d(-pad, 3, 1))
+    assert ((x_adv - x).abs() <= (1 - (1 - e) ** 2) * local + 1e-5).all()
+    assert (x_adv != x).any()
+
+
+def test_recolor_is_a_function_of_colour(model, batch):
+    x, y = batch
+    x_adv = A.recolor(model, x, y, 0.3, steps=10)
+    assert (x_adv - x).abs().max() <= 0.3 + 1e-6
+    for i in range(len(x)):  # equal input values map to equal output values within an image
+        for v in x[i].unique():
+            assert x_adv[i][x[i] == v].unique().numel() == 1
+    rgb = torch.rand(2, 3, 4, 4)
+    assert torch.allclose(recolor.apply_colour_map(rgb, torch.zeros(2, 3, 5, 5, 5)), rgb)
+
+
+def test_jpeg_dct_is_orthonormal_and_bounded(model, batch):
+    x, y = batch
+    c = torch.randn(3, 3, 16, 16)
+    assert torch.allclose(jpeg.block_idct(jpeg.block_dct(c)), c, atol=1e-5)
+    assert torch.allclose(jpeg.block_dct(c).norm(), c.norm(), rtol=1e-5)
+    assert torch.allclose(jpeg.from_ycbcr(jpeg.to_ycbcr(c)), c, atol=1e-5)
+    # on mid-grey images no clipping occurs, so the coefficient bound is exact
+    mid = 0.3 + 0.4 * x
+    eps = 0.01
+    x_adv = A.jpeg(model, mid, y, eps, steps=5)
+    assert jpeg.block_dct(x_adv - mid).abs().max() <= eps + 1e-5
+
+
+def test_corruptions_grow_with_severity(batch):
+    x, _ = batch
+    for kind in corruptions.CORRUPTIONS:
+        dev = [(A.corrupt(None, x, None, kind=kind, severity=s, seed=0) - x).abs().mean().item() for s in (1, 3, 5)]
+        assert dev[0] < dev[1] < dev[2], (kind, dev)
+        out = A.corrupt(None, x, None, kind=kind, severity=5, seed=0)
+        assert out.min() >= 0 and out.max() <= 1
+        assert torch.equal(out, A.corrupt(None, x, None, kind=kind, severity=5, seed=0))
+    with pytest.raises(ValueError):
+        A.corrupt(None, x, None, kind="snow", severity=1)
+
+
+def test_budget_kinds(digits):
+    spec = digits.spec
+    assert A.budget(A.ATTACKS["pgd_ce"], spec) == spec.eps_eval
+    assert A.budget(A.ATTACKS["pgd_ce"], spec, 0.1) == 0.1
+    assert A.budget(A.ATTACKS["pgd_l2"], spec) == spec.eps_eval_l2
+    assert A.budget(A.ATTACKS["stadv"], spec) == spec.size / 32
+    assert math.isclose(A.budget(A.ATTACKS["recolor"], spec), 0.06 * spec.eps_scale)
+    assert math.isnan(A.budget(A.ATTACKS["fog_s1"], spec))
+    assert A.budget(A.ATTACKS["pgd_unbounded"], spec) == 1.0
