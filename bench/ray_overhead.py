@@ -13,7 +13,10 @@ went, from the marks the worker reports with its first epoch:
   setup    loop entry → first training step (data load, build, process group, loader)
   tail     last epoch's end → the driver returns (final report, checkpoint, shutdown)
 
-Both sides use the same number of torch threads (a Ray worker with 1 CPU gets 1 thread).
+Both sides use the same number of torch threads (a Ray worker with 1 CPU gets 1 thread). On a
+shared machine whose load moves between the two sides, trust "trial/its own epochs" (the
+trial's wall time over the worker's own epoch seconds, measured in the same minutes) more than
+trial/bare.
 
     .venv/bin/python bench/ray_overhead.py                   # ≈ 60 s of work per side
     .venv/bin/python bench/ray_overhead.py --epochs 4 --repeats 1   # quick look
@@ -157,6 +160,7 @@ def main(argv=None) -> int:
             rows.append((bare, ray_r))
             print(f"[{i + 1}] bare {bare:.1f}s | trial {ray_r['trial_s']:.1f}s (worker's epochs {ray_r['work_s']:.1f}s), "
                   f"search call {ray_r['call_s']:.1f}s | ratio trial/bare {ray_r['trial_s'] / bare:.3f}, "
+                  f"trial/its own epochs {ray_r['trial_s'] / ray_r['work_s']:.3f}, "
                   f"call/bare {ray_r['call_s'] / bare:.3f} | start-up {ray_r['startup_s']:.1f}s = driver "
                   f"{ray_r['driver']:.1f} + imports {ray_r['imports']:.1f} + setup {ray_r['setup']:.1f}; "
                   f"tail {ray_r['trial_s'] - ray_r['startup_s'] - ray_r['work_s']:.1f}s; "

@@ -95,21 +95,29 @@ def main(argv=None) -> int:
     p.add_argument("--grace-period", type=int, default=1)
     p.add_argument("--reduction-factor", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--no-asha", action="store_true")
+    p.add_argument("--arms", default="tpe,random,asha",
+                   help="comma-separated: tpe (the default sampler), random (N and 2N), asha (default sampler + "
+                        "ASHA, 2N trials), tpe_optuna_gamma (the default with Optuna's own gamma, a tenth)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n = args.trials
+    arms = set(args.arms.split(","))
     print(f"search_efficiency: {args.method} on {args.dataset}, N={n}, {args.epochs} epochs/trial, "
           f"{args.concurrency} asked at a time, {args.seeds} seed(s); load average {os.getloadavg()[0]:.1f}", flush=True)
     table = []
     for seed in range(args.seeds):
         t0 = time.time()
         tpe = search(args, make_sampler("tpe", seed, n), n, asha=False)
-        rnd = search(args, optuna.samplers.RandomSampler(seed=seed), 2 * n, asha=False)
-        row = {"seed": seed, "tpe_N": hv_at(tpe, n), "random_N": hv_at(rnd, n), "random_2N": hv_at(rnd, 2 * n),
-               "tpe_epochs": tpe[-1][0]}
-        if not args.no_asha:
+        row = {"seed": seed, "tpe_N": hv_at(tpe, n), "tpe_epochs": tpe[-1][0]}
+        if "random" in arms:
+            rnd = search(args, optuna.samplers.RandomSampler(seed=seed), 2 * n, asha=False)
+            row.update(random_N=hv_at(rnd, n), random_2N=hv_at(rnd, 2 * n))
+        if "tpe_optuna_gamma" in arms:
+            prev = make_sampler("tpe", seed, n)
+            prev._gamma = None  # Optuna picks its own default on first use
+            row["tpe_optuna_gamma_N"] = hv_at(search(args, prev, n, asha=False), n)
+        if "asha" in arms:
             asha = search(args, make_sampler("tpe", seed, 2 * n), 2 * n, asha=True)
             row.update(asha_N=hv_at(asha, n), asha_epochs_N=asha[min(n, len(asha)) - 1][0],
                        asha_epochs_to_tpe=epochs_to_reach(asha, row["tpe_N"]), asha_2N=hv_at(asha, 2 * n),
@@ -122,12 +130,17 @@ def main(argv=None) -> int:
         vals = [r[key] for r in table if r.get(key) is not None]
         return statistics.median(vals) if vals else float("nan")
 
-    print(f"\nhypervolume after N={n} trials (median over {args.seeds} seeds): default {med('tpe_N'):.4f}, "
-          f"random {med('random_N'):.4f} (default − random {med('tpe_N') - med('random_N'):+.4f}); "
-          f"random with 2N={2 * n}: {med('random_2N'):.4f}")
-    wins = sum(r["tpe_N"] > r["random_N"] for r in table)
-    print(f"default beats random at equal budget in {wins}/{len(table)} seeds")
-    if not args.no_asha:
+    print(f"\nhypervolume after N={n} trials (median over {args.seeds} seeds): default {med('tpe_N'):.4f}")
+    if "random" in arms:
+        print(f"  random {med('random_N'):.4f} (default − random {med('tpe_N') - med('random_N'):+.4f}); "
+              f"random with 2N={2 * n}: {med('random_2N'):.4f}; mean default − random "
+              f"{statistics.mean(r['tpe_N'] - r['random_N'] for r in table):+.4f}")
+        wins = sum(r["tpe_N"] > r["random_N"] for r in table)
+        print(f"  default beats random at equal budget in {wins}/{len(table)} seeds, "
+              f"beats random with 2N in {sum(r['tpe_N'] > r['random_2N'] for r in table)}/{len(table)}")
+    if "tpe_optuna_gamma" in arms:
+        print(f"  default with Optuna's gamma {med('tpe_optuna_gamma_N'):.4f}")
+    if "asha" in arms:
         reached = [r for r in table if r["asha_epochs_to_tpe"] is not None]
         print(f"ASHA (grace {args.grace_period}, reduction {args.reduction_factor:g}): N trials cost "
               f"{med('asha_epochs_N'):.0f} trial-epochs vs {n * args.epochs} without, hypervolume {med('asha_N'):.4f}; "
