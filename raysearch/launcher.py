@@ -345,7 +345,8 @@ def connect(exp: ExperimentConfig) -> str:
                 address = ray._private.services.canonicalize_bootstrap_address_or_die(address)
             if not address.startswith("ray://"):
                 env["RAY_ADDRESS"] = address
-            ctx = ray.init(address=address, **kwargs)
+            # "auto" stays "auto" here: with it Ray also picks up ~/.ray/auth_token by itself
+            ctx = ray.init(address=exp.address, **kwargs)
         else:
             # On Linux Ray turns 127.0.0.1 into the host's routable IP and its GCS, raylet and
             # workers then listen on every interface; its single-machine mode (the default on
