@@ -334,6 +334,9 @@ def connect(exp: ExperimentConfig) -> str:
         # a local machine is never preempted: skip Ray Train's per-trial watcher actor (one
         # process start fewer per trial); on a cluster of spot nodes it is what drains in time
         env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    # a reused driver actor waits this long (s) for the previous trial's thread to return; Tune's
+    # 2 s can pass on a loaded machine, and a failed reset fails the next trial
+    env["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
     kwargs: dict[str, Any] = dict(runtime_env={"env_vars": env}, log_to_driver=exp.verbose,
                                   logging_level="INFO" if exp.verbose else "ERROR")
     try:
