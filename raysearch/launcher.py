@@ -369,7 +369,7 @@ def connect(exp: ExperimentConfig) -> str:
                                **kwargs)
             finally:
                 os.environ.pop(ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE, None)
-    except (ConnectionError, RuntimeError, ValueError) as e:
+    except Exception as e:  # ray.init raises plain Exception on a start-up timeout; report it in one line
         raise LaunchError(f"could not connect to Ray at {exp.address or 'a new local instance'}: "
                           f"{str(e).splitlines()[0]}") from None
     return getattr(ctx, "dashboard_url", "") or ""

@@ -54,6 +54,8 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "nodes": pa.string(),  # comma-separated node IPs the trial's workers ran on
     "started_at": pa.float64(),  # unix seconds
     "finished_at": pa.float64(),
+    "startup_s": pa.float64(),  # seconds from the trial's start to its first training step
+    "stopped_early": pa.bool_(),  # stopped by the early-stopping scheduler (its last epoch counts)
 }
 
 EVAL_COLUMNS: dict[str, pa.DataType] = {

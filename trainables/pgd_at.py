@@ -27,7 +27,7 @@ class PGDAT(Defense):
 
     def train_step(self, ctx, x, y):
         cfg, f = ctx.cfg, ctx.raw["classifier"]
-        with eval_mode(f):
+        with eval_mode(f), ctx.autocast():  # crafting is most of the step's cost
             x_adv = pgd_linf(f, x, y, cfg.eps_train, cfg.attack_steps,
                              cfg.step_factor * cfg.eps_train / cfg.attack_steps)
         with ctx.autocast():

@@ -42,7 +42,7 @@ class TRADES(Defense):
 
     def train_step(self, ctx, x, y):
         cfg, f = ctx.cfg, ctx.raw["classifier"]
-        with eval_mode(f):
+        with eval_mode(f), ctx.autocast():  # crafting is most of the step's cost
             x_adv = kl_attack(f, x, cfg.eps_train, cfg.attack_steps,
                              cfg.step_factor * cfg.eps_train / cfg.attack_steps)
         net = ctx.nets["classifier"]
