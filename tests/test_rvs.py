@@ -13,7 +13,7 @@ from raysearch.config import default_config
 from raysearch.data import load
 from trainables import REGISTRY
 from trainables.base import StepContext
-from trainables.rvs import COSTS, delta_from, ot_distance, synthesize
+from trainables.rvs import COSTS, delta_from, logits_and_features, ot_distance, synthesize
 
 DEFENSE = REGISTRY["rvs"]
 
@@ -151,3 +151,24 @@ def test_train_step_updates_classifier_and_generator(digits):
     DEFENSE.classifier_step(ctx, x, y)
     assert not changed(g_before, ctx.raw["generator"])
     assert set(DEFENSE.trainable(ctx.cfg)) == set(DEFENSE.build(ctx.cfg, spec))
+
+
+class _Wrapper(torch.nn.Module):
+    """Stands in for a DDP wrapper: only ``forward`` is reachable through it."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x)
+
+
+def test_features_through_a_wrapper_match_the_direct_call(digits):
+    spec, x, _ = digits
+    f = make_ctx(spec).raw["classifier"].eval()
+    logits, h = logits_and_features(_Wrapper(f), f, x)
+    ref_logits, ref_h = logits_and_features(f, f, x)
+    assert torch.allclose(logits, ref_logits) and torch.allclose(h, ref_h)
+    assert h.shape == (len(x), f.head.in_features)
+    assert not f.head._forward_hooks  # the capture hook is removed again

@@ -9,8 +9,10 @@ Each batch:
    of size ε that lower D's BCE (natural -> 1, perturbed -> 0), i.e. push the perturbed latent
    where D finds it most unnatural; computed on an eval-mode view of f (no parameter gradients);
 2. classifier: CE(f(x_adv), label-smoothed y) + γ·s·MSE(f(x_adv), f(x)), s = max|∇ₓCE| /
-   max|∇ₓMSE| (an adaptive balance, clipped and averaged over steps); the target f(x) is the
-   eval-mode view's logits, held fixed;
+   max|∇ₓMSE| per batch (an adaptive balance, capped); the target f(x) is held fixed and comes
+   from the same training pass as f(x_adv), over [x, x_adv], so both share BN statistics. The
+   pull is a semi-gradient: nothing else constrains f(x), and at large ε its logits can drift
+   and grow; the per-batch balance keeps that from blowing up the step;
 3. discriminator: ``d_steps`` SGD steps on BCE(natural -> 1, adversarial -> 0) plus a K-way class
    head's CE on both latents, taken from the eval-mode view (the one the attack and IMT use).
 
@@ -54,7 +56,9 @@ class Config(BaseConfig):
     d_lr: float = 1e-3  # discriminator SGD learning rate (momentum as the classifier's), constant
     gamma: float = 0.5  # weight of the balanced latent MSE term
     balance_max: float = 100.0  # cap on the adaptive balance s (ratio of input-gradient maxima)
-    balance_ema: float = 0.9  # s is averaged over steps with this decay (0: this batch's value)
+    # decay of a running average of s (0: this batch's s, as in the reference; an average lags
+    # behind a fast-growing MSE term and lets it blow up)
+    balance_ema: float = 0.0
     label_smoothing: float = 0.5  # probability mass moved off the true class in the CE target
     attack_steps: int = 1  # signed steps of size ε after the random start
     imt: str = "off"  # test-time step toward "D says natural": off | uniform | banded (ATLD+)
@@ -189,22 +193,21 @@ class ATLD(Defense):
         cfg, f = ctx.cfg, ctx.raw["classifier"]
         net = ctx.nets["classifier"]
         x_adv = x_adv.detach().requires_grad_(True)
+        n = x.shape[0]
         with ctx.autocast():
-            # the natural target comes from the eval-mode view (as in the reference): a
-            # train-mode target follows the clean batch's BN statistics and the MSE pull diverges
-            with torch.no_grad(), eval_mode(f):
-                nat_logits, nat_h = logits_and_features(f, f, x)
-            adv_logits = net(x_adv)
+            # one training pass over [x, x_adv]: the natural target shares the adversarial
+            # half's BN statistics (a separate clean batch, or the eval-mode view whose running
+            # statistics follow adversarial batches, makes the semi-gradient MSE pull diverge)
+            logits, h = logits_and_features(net, f, torch.cat([x, x_adv]))
+            nat_logits, adv_logits = logits[:n].detach(), logits[n:]
             ce = smooth_ce(adv_logits, y, cfg.label_smoothing)
             mse = F.mse_loss(adv_logits, nat_logits)
         s = self._balance(ctx, ce, mse, x_adv)
         loss = ce + cfg.gamma * s * mse
         sgd_step(ctx.opts["classifier"], loss, ctx.scheds.get("classifier"))
-        # D learns from the eval-mode view, the one the attack and IMT query: with a train-mode
-        # adversarial latent it could tell the two apart by their BN statistics alone
+        # D learns from the eval-mode view, the one the attack and IMT query
         with torch.no_grad(), eval_mode(f):
-            z_adv = latent_of(f, x_adv, cfg.latent)
-        z_nat = nat_logits if cfg.latent == "logits" else nat_h
+            z_nat, z_adv = latent_of(f, torch.cat([x, x_adv]), cfg.latent).split(n)
         terms = {"loss": loss.item(), "ce": ce.item(), "mse": mse.item(), "balance": s}
         return terms, z_nat.detach(), z_adv.detach()
 

@@ -117,8 +117,12 @@ def ot_distance(h1: torch.Tensor, h2: torch.Tensor, *, cost: str = "sqeuclidean"
 
 def logits_and_features(net: nn.Module, raw: nn.Module, x: torch.Tensor):
     """One forward through ``net`` (maybe DDP-wrapped) returning (logits, penultimate features).
-    The features are captured as the input of ``raw.head``, so a DDP wrapper sees an ordinary
-    forward and synchronizes gradients as usual."""
+    Under a wrapper the features are captured as the input of ``raw.head``, so DDP sees an
+    ordinary forward and synchronizes gradients as usual; an unwrapped network is called part by
+    part (no hook, so a compiled module is not re-traced)."""
+    if net is raw:
+        h = raw.features(x)
+        return raw.head(h), h
     seen = {}
     hook = raw.head.register_forward_hook(lambda _m, inp, _out: seen.__setitem__("h", inp[0]))
     try:
