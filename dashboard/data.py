@@ -162,7 +162,7 @@ def _read_parquet(root: Path, folder: Path, fname: str, exp: str) -> tuple[pd.Da
     if not path.exists():
         return None, None
     try:
-        frame = pq.read_table(path).to_pandas()
+        frame = store.read_frame(path)
     except (pa.ArrowException, OSError, ValueError) as exc:
         logger.warning("cannot read %s: %s", path, exc)
         return None, Problem(exp, f"{fname} is unreadable (corrupt or partly written): {_first_line(exc)}", "error")

@@ -145,11 +145,18 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return []
-    return pq.read_table(path).to_pylist()
+    return read_table(path).to_pylist()
 
 
 def read_frame(path: Path) -> pd.DataFrame:
-    return pq.read_table(path).to_pandas()
+    return read_table(path).to_pandas()
+
+
+def read_table(path: Path) -> pa.Table:
+    """Read through one open file: by path, pyarrow may open it twice and pair one version's
+    footer with the next version's data while a writer renames a new version in."""
+    with open(path, "rb") as fh:
+        return pq.read_table(fh)
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:

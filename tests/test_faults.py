@@ -285,9 +285,6 @@ def test_a_reader_polling_during_writes_never_sees_a_partial_file(tmp_path):
     _poll_during_writes(tmp_path)
 
 
-@pytest.mark.xfail(reason="store.read_rows reads by path: pyarrow opens the file more than once and can "
-                          "pair one version's footer with the next one's data; read through one handle",
-                   strict=False)
 def test_the_store_reader_polling_during_writes_never_sees_a_partial_file(tmp_path):
     _poll_during_writes(tmp_path, lambda path: pa.Table.from_pylist(store.read_rows(path)))
 
