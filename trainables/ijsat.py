@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,6 +39,8 @@ from trainables.base import BaseConfig, Component, Defense, DataSpec, sgd_step
 from trainables.common import ce_sum, eval_mode
 
 log = logging.getLogger(__name__)
+# normflows' LU-parametrized 1×1 convolution calls the deprecated torch.lu; nothing a user can act on
+warnings.filterwarnings("ignore", message="torch.lu is deprecated", category=UserWarning)
 
 MIXUP_SPACES = ("latent", "pixel")
 
