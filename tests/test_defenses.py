@@ -1,7 +1,6 @@
 """Contract tests driven by the registry: a defense is tested the moment it is registered."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import math
@@ -10,11 +9,10 @@ import pytest
 import torch
 
 import search_spaces
-from raysearch import components, data
+from raysearch import data
 from raysearch.config import default_config
+from raysearch.local import local_context
 from trainables import REGISTRY
-from trainables.base import StepContext
-from trainables.common import frozen
 
 METHODS = sorted(REGISTRY)
 
@@ -24,26 +22,9 @@ def digits():
     return data.load("digits")
 
 
-def make_ctx(method, digits, tmp_path, **overrides):
-    defense = REGISTRY[method]
-    cfg = dataclasses.replace(default_config(method, digits.spec), batch_size=32, epochs=2, **overrides)
-    torch.manual_seed(0)
-    nets = defense.build(cfg, digits.spec)
-
-    def batches(bs):
-        perm = torch.randperm(len(digits.train))
-        for i in range(0, len(perm), bs):
-            yield digits.train.images(perm[i:i + bs]), digits.train.y[perm[i:i + bs]]
-
-    components.ensure(method, defense.pretrained(cfg, digits.spec), nets, cfg, digits.spec, tmp_path, batches,
-                      torch.device("cpu"))
-    roles = defense.trainable(cfg)
-    for role, m in nets.items():
-        m.train() if role in roles else frozen(m)
-    opts, scheds = defense.optimizers({r: nets[r] for r in roles}, cfg, 100)
-    ctx = StepContext(nets=nets, raw=nets, opts=opts, scheds=scheds, cfg=cfg, spec=digits.spec, epoch=0, step=0,
-                      steps_per_epoch=50, device=torch.device("cpu"), autocast=contextlib.nullcontext)
-    return defense, cfg, nets, ctx
+def make_ctx(method, digits, cache, **overrides):
+    defense, ctx = local_context(method, digits, cache, batch_size=32, epochs=2, **overrides)
+    return defense, ctx.cfg, ctx.raw, ctx
 
 
 @pytest.fixture(scope="module")
