@@ -8,8 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# Tiny models gain nothing from intra-op threads, and on 2 cores shared with Ray workers the
+# second thread mostly waits: one thread per test process.
+torch.set_num_threads(1)
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 900, module: str = "raysearch.tune",
