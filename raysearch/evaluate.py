@@ -184,6 +184,9 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
     suite, _ = expand_attacks(attacks)
     eps_eval = spec.eps_eval if eps_eval is None else float(eps_eval)
     draws = eot if pred.randomized else 1
+    if pred.randomized and eot < DEFAULT_EOT:
+        log.warning("randomized predictor attacked with EOT %d < %d draws: gradients and scores are "
+                    "noisier than the standard protocol", eot, DEFAULT_EOT)
     model = pred.model
     with torch.no_grad():
         if pred.randomized:

@@ -278,20 +278,24 @@ def test_defense_extra_attacks_are_unseen(robust_model, test_images, digits):
     assert rep.aggregates["union_unseen"][2] == r.accuracy
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "raysearch.evaluate", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+def test_cli_bad_input(experiment, tmp_path, capsys):
+    for args, expect in [(["--experiment", str(tmp_path / "missing")], "not found"),
+                         (["--experiment", str(experiment), "--attacks", "nope"], "unknown attack"),
+                         (["--experiment", str(experiment), "--trials", "nope"], "unknown trial"),
+                         (["--experiment", str(experiment), "--subset", "x"], "invalid int"),
+                         (["--experiment", str(experiment), "--eot", "0"], "eot must be")]:
+        with pytest.raises(SystemExit) as exc:
+            sys.exit(E.main(args))
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and expect in err, (args, err)
 
 
-def test_cli(experiment, tmp_path):
-    p = run_cli("--experiment", str(tmp_path / "missing"))
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "not found" in p.stderr
-    p = run_cli("--experiment", str(experiment), "--attacks", "nope")
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "unknown attack" in p.stderr
-    p = run_cli("--experiment", str(experiment), "--subset", "x")
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
-    p = run_cli("--experiment", str(experiment), "--trials", "t1", "--only-trials", "--subset", "40",
-                "--attacks", "fgsm", "jpeg", "contrast_s5", "--device", "cpu")
+def test_cli(experiment):
+    p = subprocess.run([sys.executable, "-m", "raysearch.evaluate", "--experiment", str(experiment),
+                        "--trials", "t1", "--only-trials", "--subset", "40", "--attacks", "fgsm", "jpeg",
+                        "contrast_s5", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert "trial t1" in p.stdout and "worst_seen" in p.stdout and "masking flags" in p.stdout
     assert "front" in p.stdout
+    rows = store.read_rows(experiment / store.EVALS)
+    assert {r["attack"] for r in rows if r["stage"] == "final"} >= {"clean", "fgsm", "jpeg", "contrast_s5"}

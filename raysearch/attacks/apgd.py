@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from raysearch.attacks import core
+from raysearch.attacks.core import ALL
 
 RHO = 0.75  # fraction of loss-raising steps below which the step is halved
 MOMENTUM = 0.75
@@ -97,7 +98,7 @@ def _run(model, x, y, eps, norm, n_iter, loss_fn, target, eot, g, early_stop):
     else:
         t = core.normal(g, x.shape, x)
         x_adv = (x + eps * t / (core.l2_norm(t) + 1e-12)).clamp(0, 1)
-    loss, grad, p = core.loss_grad(model, x_adv, y, loss_on(slice(None)), eot)
+    loss, grad, p = core.loss_grad(model, x_adv, y, loss_on(ALL), eot)
     fooled = p.argmax(1) != y
     x_found = x_adv.clone()  # the first iterate that fooled the model, where one did
     x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
@@ -108,9 +109,9 @@ def _run(model, x, y, eps, norm, n_iter, loss_fn, target, eot, g, early_stop):
     history = [loss.clone()]  # loss at every iterate, from the start point
     best_at_last_mark = loss_best.clone()
     halved_at_last_mark = torch.ones(n, dtype=torch.bool, device=x.device)
-    act = torch.arange(n, device=x.device)
+    act = ALL  # every image until one is fooled (views, no copies)
     for i in range(n_iter):
-        if early_stop:
+        if early_stop and fooled.any():
             act = (~fooled).nonzero().squeeze(1)
             if not len(act):
                 break
@@ -125,9 +126,10 @@ def _run(model, x, y, eps, norm, n_iter, loss_fn, target, eot, g, early_stop):
         with torch.no_grad():
             loss[act], grad[act] = l_new, g_new
             wrong = (p.argmax(1) != y[act]) & ~fooled[act]
-            x_found[act[wrong]] = x_new[wrong]
-            fooled[act[wrong]] = True
-            better = act[l_new > loss_best[act]]
+            hit = core.subset(act, wrong)
+            x_found[hit] = x_new[wrong]
+            fooled[hit] = True
+            better = core.subset(act, l_new > loss_best[act])
             x_best[better], grad_best[better], loss_best[better] = x_adv[better], grad[better], loss[better]
             history.append(loss.clone())
             if i + 1 in marks:

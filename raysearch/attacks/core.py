@@ -14,6 +14,13 @@ import torch
 import torch.nn.functional as F
 
 MAX_BATCH = 4096  # images per forward pass when EOT copies are stacked
+ALL = slice(None)  # index of every example: tensor[ALL] is a view, so no copy is made
+
+
+def subset(act, mask: torch.Tensor):
+    """Indices (into the full batch) of the examples of ``act`` (ALL or an index tensor) that
+    ``mask`` (over ``act``) selects."""
+    return mask if isinstance(act, slice) else act[mask]
 
 
 def generator(x: torch.Tensor, seed: int) -> torch.Generator:
@@ -94,15 +101,21 @@ def dlr_targeted_loss(z: torch.Tensor, y: torch.Tensor, target: torch.Tensor) ->
 LOSSES = {"ce": ce_loss, "margin": margin_loss, "dlr": dlr_loss}
 
 
+def scores(z: torch.Tensor) -> torch.Tensor:
+    """(eot, N, C) logits -> (N, C) scores whose argmax is the prediction from averaged
+    probabilities (the logits themselves for a single draw, saving a softmax)."""
+    return z[0] if len(z) == 1 else probs(z)
+
+
 def loss_grad(model: Callable, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, eot: int,
               max_batch: int = MAX_BATCH):
-    """(per-example loss averaged over draws, its gradient w.r.t. x, averaged probabilities)."""
+    """(per-example loss averaged over draws, its gradient w.r.t. x, ``scores`` of the draws)."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         z = draws(model, x, eot, max_batch)
         loss = loss_fn(z, y).mean(0)
         grad, = torch.autograd.grad(loss.sum(), x)
-    return loss.detach(), grad.detach(), probs(z.detach())
+    return loss.detach(), grad, scores(z.detach())
 
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -136,13 +149,13 @@ def param_pgd(model: Callable, x: torch.Tensor, y: torch.Tensor, theta: torch.Te
     theta = theta.detach().clone()
     found = render(x, theta).detach()
     fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    act = torch.arange(len(x), device=x.device)
+    act = ALL
     for _ in range(steps):
-        if early_stop:
+        if early_stop and fooled.any():
             act = (~fooled).nonzero().squeeze(1)
             if not len(act):
                 break
-        th = theta[act].requires_grad_(True)
+        th = theta[act].detach().requires_grad_(True)
         with torch.enable_grad():
             x_adv = render(x[act], th)
             z = draws(model, x_adv, eot)
@@ -151,9 +164,10 @@ def param_pgd(model: Callable, x: torch.Tensor, y: torch.Tensor, theta: torch.Te
                 obj = obj - penalty(th)
             grad, = torch.autograd.grad(obj.sum(), th)
         with torch.no_grad():
-            wrong = (probs(z.detach()).argmax(1) != y[act]) & ~fooled[act]
-            found[act[wrong]] = x_adv.detach()[wrong]
-            fooled[act[wrong]] = True
+            wrong = (scores(z.detach()).argmax(1) != y[act]) & ~fooled[act]
+            hit = subset(act, wrong)
+            found[hit] = x_adv.detach()[wrong]
+            fooled[hit] = True
             theta[act] = (th.detach() + alpha * grad.sign()).clamp(-bound, bound)
     with torch.no_grad():
         rest = (~fooled).nonzero().squeeze(1)

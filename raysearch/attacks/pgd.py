@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from raysearch.attacks import core
+from raysearch.attacks.core import ALL
 
 
 def pgd(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "linf",
@@ -57,22 +58,23 @@ def _run(model, x, y, eps, norm, steps, alpha, loss_fn, random_start, eot, g, ea
         x_adv = x.clone()
     found = x_adv.clone()
     fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    act = torch.arange(len(x), device=x.device)
+    act = ALL  # the images still attacked: every image until one is fooled (views, no copies)
     for _ in range(steps):
-        if early_stop:
+        if early_stop and fooled.any():
             act = (~fooled).nonzero().squeeze(1)
             if not len(act):
                 break
-        xa, x0, ya = x_adv[act], x[act], y[act]
-        _, grad, p = core.loss_grad(model, xa, ya, loss_fn, eot)
+        xa = x_adv[act]
+        _, grad, p = core.loss_grad(model, xa, y[act], loss_fn, eot)
         with torch.no_grad():
-            wrong = (p.argmax(1) != ya) & ~fooled[act]
-            found[act[wrong]] = xa[wrong]
-            fooled[act[wrong]] = True
+            wrong = (p.argmax(1) != y[act]) & ~fooled[act]
+            hit = core.subset(act, wrong)
+            found[hit] = xa[wrong]
+            fooled[hit] = True
             if norm == "linf":
-                x_adv[act] = core.project_linf(xa + alpha * grad.sign(), x0, eps)
+                x_adv[act] = core.project_linf(xa + alpha * grad.sign(), x[act], eps)
             else:
-                x_adv[act] = core.project_l2(xa + alpha * grad / (core.l2_norm(grad) + 1e-12), x0, eps)
+                x_adv[act] = core.project_l2(xa + alpha * grad / (core.l2_norm(grad) + 1e-12), x[act], eps)
     with torch.no_grad():
         rest = (~fooled).nonzero().squeeze(1)
         found[rest] = x_adv[rest]
