@@ -17,9 +17,11 @@ Honesty rules:
   variants; over seen attacks the per-image worst case ("worst_seen"), over unseen attacks the
   union ("union_unseen": robust only if it survives every unseen attack).
 * Gradient-masking checks, stored with the results: a gradient-free or transfer attack beating
-  every white-box attack, FGSM beating PGD, BPDA beating the real backward pass, accuracy not
-  falling with ε or not reaching ~0 at ε = 1, and randomness that the predictor does not
-  declare (two calls on the same input disagree).
+  every white-box attack, FGSM beating PGD, BPDA beating the real backward pass, CE-loss
+  attacks far weaker than margin/DLR ones (saturated CE, the Feature Scattering hazard),
+  accuracy not falling with ε or not reaching ~0 at ε = 1, randomness that the predictor does
+  not declare (two calls on the same input disagree), and the search's per-epoch proxy
+  overstating the final worst case by more than 10 points.
 
 Results: one row per trial × attack in ``evals.parquet`` (stage "final", epoch −1; rows of the
 same trials from an earlier final evaluation are replaced, per-epoch rows are kept), and the
@@ -65,6 +67,10 @@ FLAG_FGSM = "fgsm_beats_pgd"
 FLAG_BPDA = "bpda_beats_backward"
 FLAG_EPS = "accuracy_not_falling_with_eps"
 FLAG_UNBOUNDED = "unbounded_attack_fails"
+FLAG_CE = "ce_weaker_than_margin"
+FLAG_PROXY = "proxy_overestimates_robustness"
+CE_GAP = 0.05  # CE attacks leaving this much more accuracy than CW/DLR ones: CE saturates
+PROXY_GAP = 0.10  # per-epoch proxy this much above the final worst case: the search was misled
 
 
 class EvalError(ValueError):
@@ -297,6 +303,11 @@ def masking_flags(rep: PredictorReport) -> list[str]:
     sweep = sorted((r for r in rep.results if r.family == "eps_sweep"), key=lambda r: r.eps)
     if any(b.accuracy > a.accuracy + tol for a, b in zip(sweep, sweep[1:])):
         flags.append(FLAG_EPS)
+    ce = [r.accuracy for r in whitebox if r.attack.split("+")[0] in ("pgd_ce", "apgd_ce")]
+    # untargeted margin losses only: targeted APGD is stronger than CE on sound models too
+    margin = [r.accuracy for r in whitebox if r.attack.split("+")[0] in ("pgd_cw", "apgd_dlr")]
+    if ce and margin and min(ce) > min(margin) + max(CE_GAP, tol):
+        flags.append(FLAG_CE)
     unbounded = [r for r in sweep if r.eps >= 1.0]
     if unbounded and unbounded[-1].accuracy > UNBOUNDED_MAX_ACC + tol:
         flags.append(FLAG_UNBOUNDED)
@@ -368,10 +379,26 @@ def evaluate_experiment(exp_dir, trial_ids: Iterable[str] | None = None, subset:
                         device: str | torch.device | None = None,
                         progress: Callable[[str], None] | None = None, seed: int = 0,
                         data_dir: str | None = None, front: bool = True,
-                        batch_size: int = 500) -> dict[str, Any]:
+                        batch_size: int = 500, threads: int | None = None) -> dict[str, Any]:
     """Run the suite on the front's trials (``front``) plus ``trial_ids``; write the results;
     return a summary: {"trials": {id: {...}}, "fronts": {attack: [ids]}, "hypervolume": {...},
-    "subset", "eot", "seconds", "report": printable text}."""
+    "subset", "eot", "seconds", "report": printable text}. ``threads``: torch intra-op threads
+    while it runs (restored after); 1 is much faster for small models on a busy CPU, where
+    threads of one operator wait for each other."""
+    if threads is not None and threads < 1:
+        raise EvalError(f"threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _evaluate_experiment(exp_dir, trial_ids, subset, eot, attacks, device, progress, seed,
+                                    data_dir, front, batch_size)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _evaluate_experiment(exp_dir, trial_ids, subset, eot, attacks, device, progress, seed, data_dir,
+                         front, batch_size) -> dict[str, Any]:
     from raysearch import data as data_mod
     from raysearch import trial_io
 
@@ -428,6 +455,9 @@ def evaluate_experiment(exp_dir, trial_ids: Iterable[str] | None = None, subset:
             progress(f"trial {tid} ({row.get('method')}): {len(y)} test images, eps_eval {eps_eval:.4g}")
         rep = evaluate_predictor(pred, x, y, spec, eps_eval=eps_eval, attacks=suite, eot=eot, seed=seed,
                                  surrogate=surrogate, extra=extra, batch_size=batch_size, progress=progress)
+        proxy = row.get("robust_acc")
+        if _finite(proxy) and proxy > rep.accuracy("worst_seen") + PROXY_GAP:
+            rep.flags.append(FLAG_PROXY)
         reports[tid] = rep
         base = {"experiment": row.get("experiment") or exp_dir.name, "trial_id": tid,
                 "method": row.get("method"), "dataset": dataset}
@@ -503,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seed", type=int, default=0, help="seed of the test subset and of the attacks")
     p.add_argument("--batch-size", type=int, default=500, help="images per attack call")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's; 1 is fastest for digits-sized models on a busy machine)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.only_trials and not args.trials:
@@ -521,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = evaluate_experiment(args.experiment, args.trials, args.subset, args.eot, args.attacks,
                                       args.device, progress=lambda m: print(m, file=sys.stderr, flush=True),
                                       seed=args.seed, data_dir=args.data_dir, front=not args.only_trials,
-                                      batch_size=args.batch_size)
+                                      batch_size=args.batch_size, threads=args.threads)
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

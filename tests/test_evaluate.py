@@ -166,6 +166,8 @@ def test_bad_input(experiment, tmp_path):
         E.evaluate_experiment(experiment, attacks=["pgd_bogus"])
     with pytest.raises(E.EvalError):
         E.evaluate_experiment(experiment, subset=0)
+    with pytest.raises(E.EvalError):
+        E.evaluate_experiment(experiment, threads=0)
 
 
 class Noisy(nn.Module):
@@ -250,6 +252,38 @@ def test_bpda_variant_and_masking_flags(robust_model, test_images, digits):
     assert not set(rep.flags) & {E.FLAG_GRADIENT_FREE, E.FLAG_UNBOUNDED, E.FLAG_EPS, E.FLAG_FGSM}
 
 
+class Scaled(nn.Module):
+    """Logits multiplied by a large factor: the softmax saturates, so the cross-entropy gradient
+    underflows to zero for confidently classified images, while margin gradients survive."""
+
+    def __init__(self, model, factor=1e4):
+        super().__init__()
+        self.model, self.factor = model, factor
+
+    def forward(self, x):
+        return self.model(x) * self.factor
+
+
+def test_saturated_cross_entropy_is_flagged(robust_model, test_images, digits):
+    x, y = test_images
+    attacks = [PGD, cheap("pgd_cw", steps=20, restarts=1)]
+    rep = E.evaluate_predictor(Predictor(Scaled(robust_model)), x, y, digits.spec, attacks=attacks)
+    assert E.FLAG_CE in rep.flags
+    rep = E.evaluate_predictor(Predictor(robust_model), x, y, digits.spec, attacks=attacks)
+    assert E.FLAG_CE not in rep.flags
+
+
+def test_proxy_gap_is_flagged(experiment):
+    rows = store.read_rows(experiment / store.TRIALS)
+    for r in rows:
+        r.pop("schema_version")
+        if r["trial_id"] == "t0":
+            r["robust_acc"] = 1.0  # a proxy far above anything the suite will confirm
+    store.write_trials(experiment, rows)
+    s = E.evaluate_experiment(experiment, trial_ids=["t0", "t1"], front=False, subset=40, attacks=["fgsm"])
+    assert E.FLAG_PROXY in s["trials"]["t0"]["flags"] and E.FLAG_PROXY not in s["trials"]["t1"]["flags"]
+
+
 def test_transfer_from_bare_classifier(trained, test_images, digits):
     """A purifier-like wrapper whose gradient is masked: transfer from the bare classifier
     beats the white-box attack on the wrapper, and is flagged."""
@@ -293,7 +327,7 @@ def test_cli_bad_input(experiment, tmp_path, capsys):
 def test_cli(experiment):
     p = subprocess.run([sys.executable, "-m", "raysearch.evaluate", "--experiment", str(experiment),
                         "--trials", "t1", "--only-trials", "--subset", "40", "--attacks", "fgsm", "jpeg",
-                        "contrast_s5", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                        "contrast_s5", "--device", "cpu", "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert "trial t1" in p.stdout and "worst_seen" in p.stdout and "masking flags" in p.stdout
     assert "front" in p.stdout
