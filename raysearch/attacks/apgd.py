@@ -139,6 +139,11 @@ def _run(model, x, y, eps, norm, n_iter, loss_fn, target, eot, g, early_stop):
                 step[halve] /= 2.0
                 x_adv[halve], grad[halve] = x_best[halve], grad_best[halve]
                 halved_at_last_mark, best_at_last_mark, last_mark = halve, loss_best.clone(), i + 1
+    if eot > 1:
+        # randomized model: the first iterate that fooled one set of draws is often marginal;
+        # the point of highest EOT loss is the better bet against fresh draws
+        with torch.no_grad():
+            return x_best, core.predict(model, x_best, eot) != y
     # not fooled: return the highest-loss point (any point of the ball is as good for them)
     x_found[~fooled] = x_best[~fooled]
     return x_found, fooled

@@ -141,7 +141,8 @@ def param_pgd(model: Callable, x: torch.Tensor, y: torch.Tensor, theta: torch.Te
     """Signed-gradient ascent on a per-image parameter tensor ``theta`` (a flow field, colour
     map or DCT perturbation) kept in [−bound, bound], maximizing loss(render(x, theta)) minus
     an optional per-example ``penalty(theta)``. Returns the first image that fools the model,
-    else the last iterate. ``early_stop`` (default: when ``eot`` is 1) stops attacking an
+    else the last iterate; for a randomized model (``eot`` > 1) the image of highest EOT loss.
+    ``early_stop`` (default: when ``eot`` is 1) stops attacking an
     image once it is fooled."""
     loss_fn = LOSSES[loss]
     early_stop = eot <= 1 if early_stop is None else early_stop
@@ -149,6 +150,8 @@ def param_pgd(model: Callable, x: torch.Tensor, y: torch.Tensor, theta: torch.Te
     theta = theta.detach().clone()
     found = render(x, theta).detach()
     fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    max_loss = eot > 1  # randomized model: keep the highest-loss image, not a marginal first hit
+    top_loss = torch.full((len(x),), -torch.inf, device=x.device)
     act = ALL
     for _ in range(steps):
         if early_stop and fooled.any():
@@ -159,17 +162,25 @@ def param_pgd(model: Callable, x: torch.Tensor, y: torch.Tensor, theta: torch.Te
         with torch.enable_grad():
             x_adv = render(x[act], th)
             z = draws(model, x_adv, eot)
-            obj = loss_fn(z, y[act]).mean(0)
-            if penalty is not None:
-                obj = obj - penalty(th)
+            adv_loss = loss_fn(z, y[act]).mean(0)
+            obj = adv_loss if penalty is None else adv_loss - penalty(th)
             grad, = torch.autograd.grad(obj.sum(), th)
         with torch.no_grad():
-            wrong = (scores(z.detach()).argmax(1) != y[act]) & ~fooled[act]
-            hit = subset(act, wrong)
-            found[hit] = x_adv.detach()[wrong]
-            fooled[hit] = True
+            if max_loss:
+                up = adv_loss.detach() > top_loss[act]
+                found[subset(act, up)], top_loss[subset(act, up)] = x_adv.detach()[up], adv_loss.detach()[up]
+            else:
+                wrong = (scores(z.detach()).argmax(1) != y[act]) & ~fooled[act]
+                hit = subset(act, wrong)
+                found[hit] = x_adv.detach()[wrong]
+                fooled[hit] = True
             theta[act] = (th.detach() + alpha * grad.sign()).clamp(-bound, bound)
     with torch.no_grad():
+        if max_loss:
+            x_last = render(x, theta)
+            up = loss_fn(draws(model, x_last, eot), y).mean(0) > top_loss
+            found[up] = x_last[up]
+            return found
         rest = (~fooled).nonzero().squeeze(1)
         if len(rest):
             found[rest] = render(x[rest], theta[rest])

@@ -4,7 +4,9 @@ loss (cross-entropy or the CW margin), and EOT; and FGSM (Goodfellow et al., 201
 Each restart starts at a random point of the ε-ball and takes ``steps`` steps of size
 ``step_factor·ε/steps`` (2.5: the step rule of Madry et al., enough to cross the ball twice).
 Restarts run only on the images no earlier restart fooled, and every iterate that fools the
-model is kept, so a restart never undoes an earlier success. Expect robust accuracy to fall
+model is kept, so a restart never undoes an earlier success. Against a randomized model
+(``eot`` > 1) the iterate of highest EOT loss is returned instead of the first one that fooled
+a set of draws, which is often a marginal point that fresh draws classify correctly. Expect robust accuracy to fall
 with steps and restarts and to reach ~0% on an undefended model at a large enough ε.
 """
 from __future__ import annotations
@@ -58,6 +60,10 @@ def _run(model, x, y, eps, norm, steps, alpha, loss_fn, random_start, eot, g, ea
         x_adv = x.clone()
     found = x_adv.clone()
     fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    # randomized model (eot > 1): a first "fooling" iterate is often a marginal point that fresh
+    # draws classify correctly, so return the iterate of highest EOT loss instead
+    max_loss = eot > 1
+    top, top_loss = x_adv.clone(), torch.full((len(x),), -torch.inf, device=x.device)
     act = ALL  # the images still attacked: every image until one is fooled (views, no copies)
     for _ in range(steps):
         if early_stop and fooled.any():
@@ -65,8 +71,11 @@ def _run(model, x, y, eps, norm, steps, alpha, loss_fn, random_start, eot, g, ea
             if not len(act):
                 break
         xa = x_adv[act]
-        _, grad, p = core.loss_grad(model, xa, y[act], loss_fn, eot)
+        loss, grad, p = core.loss_grad(model, xa, y[act], loss_fn, eot)
         with torch.no_grad():
+            if max_loss:
+                up = loss > top_loss[act]
+                top[core.subset(act, up)], top_loss[core.subset(act, up)] = xa[up], loss[up]
             wrong = (p.argmax(1) != y[act]) & ~fooled[act]
             hit = core.subset(act, wrong)
             found[hit] = xa[wrong]
@@ -76,6 +85,11 @@ def _run(model, x, y, eps, norm, steps, alpha, loss_fn, random_start, eot, g, ea
             else:
                 x_adv[act] = core.project_l2(xa + alpha * grad / (core.l2_norm(grad) + 1e-12), x[act], eps)
     with torch.no_grad():
+        if max_loss:
+            loss = loss_fn(core.draws(model, x_adv, eot), y).mean(0)
+            up = loss > top_loss
+            top[up] = x_adv[up]
+            return top, core.predict(model, top, eot) != y
         rest = (~fooled).nonzero().squeeze(1)
         found[rest] = x_adv[rest]
         if len(rest):
