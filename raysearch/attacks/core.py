@@ -71,7 +71,9 @@ def _true_and_other(z: torch.Tensor, y: torch.Tensor):
 
 
 def ce_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return -torch.log_softmax(z.float(), -1).gather(-1, y.expand(z.shape[:-1])[..., None]).squeeze(-1)
+    z = z.float()
+    return F.cross_entropy(z.reshape(-1, z.shape[-1]), y.expand(z.shape[:-1]).reshape(-1),
+                           reduction="none").view(z.shape[:-1])
 
 
 def margin_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -119,7 +121,7 @@ def loss_grad(model: Callable, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
 
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+    return (x + (x_adv - x).clamp_(-eps, eps)).clamp_(0, 1)
 
 
 def l2_norm(t: torch.Tensor) -> torch.Tensor:

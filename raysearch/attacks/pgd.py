@@ -38,15 +38,18 @@ def pgd(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: 
         idx = alive.nonzero().squeeze(1)
         if not len(idx):
             break
+        # the last run's final iterate needs no check: no restart depends on it
         x_adv, fooled = _run(model, x[idx], y[idx], eps, norm, steps, step_factor * eps / steps,
-                             loss_fn, random_start, eot, g, eot <= 1 if early_stop is None else early_stop)
+                             loss_fn, random_start, eot, g, eot <= 1 if early_stop is None else early_stop,
+                             check_last=r < max(restarts, 1) - 1)
         best[idx] = x_adv
         alive[idx[fooled]] = False
     return best
 
 
-def _run(model, x, y, eps, norm, steps, alpha, loss_fn, random_start, eot, g, early_stop):
-    """One PGD run; returns (first fooling iterate, else the last one; fooled mask). With
+def _run(model, x, y, eps, norm, steps, alpha, loss_fn, random_start, eot, g, early_stop, check_last=True):
+    """One PGD run; returns (first fooling iterate, else the last one; fooled mask, where the
+    last iterate is checked only with ``check_last``). With
     ``early_stop`` an image leaves the batch once fooled (the others' iterates are unchanged:
     examples do not interact in eval mode)."""
     if random_start:
@@ -77,13 +80,20 @@ def _run(model, x, y, eps, norm, steps, alpha, loss_fn, random_start, eot, g, ea
                 up = loss > top_loss[act]
                 top[core.subset(act, up)], top_loss[core.subset(act, up)] = xa[up], loss[up]
             wrong = (p.argmax(1) != y[act]) & ~fooled[act]
-            hit = core.subset(act, wrong)
-            found[hit] = xa[wrong]
-            fooled[hit] = True
-            if norm == "linf":
-                x_adv[act] = core.project_linf(xa + alpha * grad.sign(), x[act], eps)
+            if act is ALL:  # a select instead of a masked copy: no host sync on a GPU
+                found = torch.where(wrong.view(-1, *([1] * (x.dim() - 1))), xa, found)
+                fooled |= wrong
             else:
-                x_adv[act] = core.project_l2(xa + alpha * grad / (core.l2_norm(grad) + 1e-12), x[act], eps)
+                found[act[wrong]] = xa[wrong]
+                fooled[act[wrong]] = True
+            if norm == "linf":
+                x_new = core.project_linf(xa + alpha * grad.sign(), x[act], eps)
+            else:
+                x_new = core.project_l2(xa + alpha * grad / (core.l2_norm(grad) + 1e-12), x[act], eps)
+            if act is ALL:
+                x_adv = x_new
+            else:
+                x_adv[act] = x_new
     with torch.no_grad():
         if max_loss:
             loss = loss_fn(core.draws(model, x_adv, eot), y).mean(0)
@@ -92,7 +102,7 @@ def _run(model, x, y, eps, norm, steps, alpha, loss_fn, random_start, eot, g, ea
             return top, core.predict(model, top, eot) != y
         rest = (~fooled).nonzero().squeeze(1)
         found[rest] = x_adv[rest]
-        if len(rest):
+        if len(rest) and check_last:
             fooled[rest] = core.predict(model, x_adv[rest], eot) != y[rest]
     return found, fooled
 
