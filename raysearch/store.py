@@ -68,7 +68,7 @@ EVAL_COLUMNS: dict[str, pa.DataType] = {
     "epoch": pa.int64(),  # -1 for the final stage
     "attack": pa.string(),  # e.g. "clean", "pgd20_linf", "apgd_ce", "union_unseen"
     "family": pa.string(),  # e.g. "clean", "pgd", "apgd", "square", "corruption", "worst_seen"
-    "threat": pa.string(),  # "clean" | "seen" | "unseen"
+    "threat": pa.string(),  # "clean" | "seen" | "unseen" | "check" (sanity sweeps, in no robust number)
     "norm": pa.string(),  # "linf" | "l2" | "none" | ...
     "eps": pa.float64(),  # NaN where a budget does not apply
     "accuracy": pa.float64(),
