@@ -20,14 +20,14 @@ from raysearch.attacks import core
 
 def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """Resample x at pixel positions displaced by ``flow`` (N×2×H×W, pixels; channel 0 is the
-    horizontal displacement)."""
+    horizontal displacement). Clamped to [0, 1]: bilinear weights can round a hair past it."""
     n, _, h, w = x.shape
     ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
     xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
     base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)  # H×W×2, (x, y) order
     scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=x.device, dtype=x.dtype)
     grid = base[None] + flow.permute(0, 2, 3, 1) * scale
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True).clamp(0, 1)
 
 
 def flow_smoothness(flow: torch.Tensor) -> torch.Tensor:
