@@ -12,18 +12,19 @@ from trainables.common import pgd_linf
 
 
 @torch.no_grad()
-def predict(pred: Predictor, x: torch.Tensor, draws: int) -> torch.Tensor:
-    """Labels from probabilities averaged over ``draws`` forward passes (1 if deterministic)."""
-    n = draws if pred.randomized else 1
+def predict(pred: Predictor, x: torch.Tensor, calls: int) -> torch.Tensor:
+    """Labels from probabilities averaged over ``calls`` forward passes (1 if deterministic)."""
+    n = calls if pred.randomized else 1
     probs = sum(torch.softmax(pred.model(x), 1) for _ in range(n))
     return probs.argmax(1)
 
 
 def proxy_eval(pred: Predictor, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, eot: int,
                batch_size: int = 256) -> tuple[float, float, float]:
-    """(clean correct, robust correct, n) summed over the batch."""
+    """(clean correct, robust correct, n) summed over the batch. ``eot``: random draws per
+    gradient and per score (``pred.calls(eot)`` calls of a predictor that averages several)."""
     clean = robust = 0.0
-    eot = eot if pred.randomized else 1
+    eot = pred.calls(eot)
     for i in range(0, len(y), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         clean += (predict(pred, xb, eot) == yb).sum().item()

@@ -9,7 +9,8 @@ ReColor, JPEG, common corruptions, and the attacks the defense itself offers).
 Honesty rules:
 * Randomized predictors are attacked with EOT (gradients and scores averaged over ``eot``
   draws, 20 by default) and scored on softmax probabilities averaged over ``eot`` draws
-  (clean and adversarial alike). The mean single-draw clean accuracy is reported beside it.
+  (clean and adversarial alike). A predictor that averages k draws per call (atop's n_masks)
+  is called ceil(eot / k) times. The mean single-call clean accuracy is reported beside it.
 * Predictors with a BPDA pipeline are attacked through the real backward pass *and* through
   BPDA; each is a row, and every aggregate takes the worst case over them.
 * An image counts as robust to an attack only if it is classified correctly both clean and
@@ -99,12 +100,13 @@ class AttackResult:
 class PredictorReport:
     n: int
     clean: torch.Tensor  # bool per image
-    clean_per_draw: float  # mean single-draw clean accuracy (= clean accuracy if deterministic)
+    clean_per_draw: float  # mean single-call clean accuracy (= clean accuracy if deterministic)
     randomized: bool
     eot: int
     results: list[AttackResult] = field(default_factory=list)
     aggregates: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # name -> (family, threat, acc)
     flags: list[str] = field(default_factory=list)
+    draws_per_call: int = 1  # random draws one predictor call averages
 
     @property
     def clean_acc(self) -> float:
@@ -189,7 +191,7 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
         raise EvalError(f"eot must be >= 1, got {eot}")
     suite, _ = expand_attacks(attacks)
     eps_eval = spec.eps_eval if eps_eval is None else float(eps_eval)
-    draws = eot if pred.randomized else 1
+    draws = pred.calls(eot)  # calls per gradient and per score; each averages pred.draws_per_call draws
     if pred.randomized and eot < DEFAULT_EOT:
         log.warning("randomized predictor attacked with EOT %d < %d draws: gradients and scores are "
                     "noisier than the standard protocol", eot, DEFAULT_EOT)
@@ -199,7 +201,8 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
             per_draw = np.mean([(core.predict(model, x, 1) == y).float().mean().item() for _ in range(draws)])
         clean = core.predict(model, x, draws) == y
     rep = PredictorReport(len(y), clean, float(per_draw) if pred.randomized else float(clean.float().mean()),
-                          pred.randomized, draws)
+                          pred.randomized, draws * pred.draws_per_call if pred.randomized else 1,
+                          draws_per_call=pred.draws_per_call)
     if not pred.randomized and _randomness_leak(model, x[: min(len(x), 64)]):
         rep.flags.append(FLAG_RANDOM)
     idx = clean.nonzero().squeeze(1)
@@ -231,7 +234,7 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
             x_adv = _attack_images(lambda *a, **kw: A.run(attack, *a, **kw), target, xc, yc, eps, k, seed, batch_size)
             _check_budget(attack, xc, x_adv, eps)
             res = AttackResult(name + suffix, attack.family, attack.threat, attack.norm, eps, score(x_adv),
-                               draws, time.perf_counter() - t0, attack.gradient, attack.surrogate)
+                               rep.eot, time.perf_counter() - t0, attack.gradient, attack.surrogate)
             rep.results.append(res)
             say(f"{res.attack:22s} acc {res.accuracy:.3f}  ({res.seconds:.1f} s)")
     for name, fn in (extra or {}).items():
@@ -242,7 +245,7 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
             x_adv = _attack_images(lambda m, xb, yb, e, eot, seed: fn(m, xb, yb, e), target, xc, yc,
                                    eps_eval, 1, seed, batch_size)
             _check_range(name, xc, x_adv)
-            res = AttackResult(name + suffix, name, A.UNSEEN, DEFENSE, eps_eval, score(x_adv), draws,
+            res = AttackResult(name + suffix, name, A.UNSEEN, DEFENSE, eps_eval, score(x_adv), rep.eot,
                                time.perf_counter() - t0)
             rep.results.append(res)
             say(f"{res.attack:22s} acc {res.accuracy:.3f}  ({res.seconds:.1f} s)")
@@ -321,7 +324,7 @@ def report_rows(rep: PredictorReport, base: dict[str, Any]) -> list[dict[str, An
              "eps": 0.0, "accuracy": rep.clean_acc, "eot_samples": rep.eot, "seconds": 0.0}]
     if rep.randomized:
         rows.append({**common, "attack": "clean_per_draw", "family": "clean", "threat": "clean",
-                     "norm": "none", "eps": 0.0, "accuracy": rep.clean_per_draw, "eot_samples": 1,
+                     "norm": "none", "eps": 0.0, "accuracy": rep.clean_per_draw, "eot_samples": rep.draws_per_call,
                      "seconds": 0.0})
     for r in rep.results:
         rows.append({**common, "attack": r.attack, "family": r.family, "threat": r.threat, "norm": r.norm,
@@ -379,31 +382,68 @@ def evaluate_experiment(exp_dir, trial_ids: Iterable[str] | None = None, subset:
                         device: str | torch.device | None = None,
                         progress: Callable[[str], None] | None = None, seed: int = 0,
                         data_dir: str | None = None, front: bool = True,
-                        batch_size: int = 500, threads: int | None = None) -> dict[str, Any]:
+                        batch_size: int = 500, threads: int | None = None,
+                        runner: Callable[[list[TrialJob]], Iterable[TrialOutcome]] | None = None,
+                        ) -> dict[str, Any]:
     """Run the suite on the front's trials (``front``) plus ``trial_ids``; write the results;
     return a summary: {"trials": {id: {...}}, "fronts": {attack: [ids]}, "hypervolume": {...},
     "subset", "eot", "seconds", "report": printable text}. ``threads``: torch intra-op threads
-    while it runs (restored after); 1 is much faster for small models on a busy CPU, where
-    threads of one operator wait for each other."""
+    while a trial is evaluated (restored after); 1 is much faster for small models on a busy
+    CPU, where threads of one operator wait for each other.
+
+    ``runner`` maps the trial jobs to their outcomes, in any order (default: one after the
+    other in this process, with ``progress`` lines per attack). The search's driver passes one
+    that runs every job as a Ray task, in parallel where the cluster has room. Results are
+    written once, here, after every job has returned."""
     if threads is not None and threads < 1:
         raise EvalError(f"threads must be >= 1, got {threads}")
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        return _evaluate_experiment(exp_dir, trial_ids, subset, eot, attacks, device, progress, seed,
-                                    data_dir, front, batch_size)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _evaluate_experiment(exp_dir, trial_ids, subset, eot, attacks, device, progress, seed, data_dir,
-                         front, batch_size) -> dict[str, Any]:
-    from raysearch import data as data_mod
-    from raysearch import trial_io
-
     t_start = time.perf_counter()
     exp_dir = Path(exp_dir)
+    jobs, rows = plan(exp_dir, trial_ids, subset, eot, attacks, seed, data_dir, front, batch_size,
+                      None if device is None else str(device), threads)
+    if runner is None:
+        outcomes = [safe_evaluate_trial(job, progress) for job in jobs]
+    else:
+        outcomes = list(runner(jobs))
+    order = {job.trial_id: i for i, job in enumerate(jobs)}
+    outcomes.sort(key=lambda o: order[o.trial_id])
+    return write_results(exp_dir, rows, outcomes, jobs[0].subset_n, jobs[0].eot,
+                         time.perf_counter() - t_start)
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """Everything one trial's final evaluation needs; picklable, so it can run as a Ray task."""
+    trial_id: str
+    row: dict
+    exp_dir: str
+    dataset: str
+    data_dir: str
+    subset: int
+    eot: int
+    attacks: tuple | None
+    seed: int
+    batch_size: int
+    device: str | None
+    threads: int | None
+    subset_n: int  # test images the subset holds (subset capped at the split's size)
+
+
+@dataclass
+class TrialOutcome:
+    trial_id: str
+    report: PredictorReport | None  # None: the evaluation failed (``error``)
+    rows: list[dict]
+    text: str
+    seconds: float
+    error: str = ""
+
+
+def plan(exp_dir: Path, trial_ids, subset, eot, attacks, seed, data_dir, front, batch_size, device,
+         threads) -> tuple[list[TrialJob], list[dict]]:
+    """Validate the request and list the trials to evaluate (front candidates, then extras)."""
+    from raysearch import data as data_mod
+
     if not (exp_dir / store.TRIALS).exists():
         raise EvalError(f"{exp_dir / store.TRIALS} not found: pass --experiment <storage>/<name> of a finished search")
     exp = _read_experiment(exp_dir)
@@ -413,7 +453,7 @@ def _evaluate_experiment(exp_dir, trial_ids, subset, eot, attacks, device, progr
         raise EvalError(f"subset must be >= 1, got {subset}")
     if eot < 1:
         raise EvalError(f"eot must be >= 1, got {eot}")
-    suite, with_defense = expand_attacks(attacks)
+    expand_attacks(attacks)  # unknown names fail here, before any work
     rows = store.read_rows(exp_dir / store.TRIALS)
     by_id = {r["trial_id"]: r for r in rows}
     ids = candidates(rows) if front else []
@@ -430,43 +470,93 @@ def _evaluate_experiment(exp_dir, trial_ids, subset, eot, attacks, device, progr
     if len(datasets) != 1:
         raise EvalError(f"trials span several data sets ({', '.join(sorted(datasets))}); evaluate them separately")
     dataset = datasets.pop()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    data_dir = data_dir or exp.get("data_dir", "data")
     try:
-        data = data_mod.load(dataset, data_dir or exp.get("data_dir", "data"))
+        data = data_mod.load(dataset, data_dir)
     except data_mod.DataError as e:
         raise EvalError(str(e)) from None
-    spec = data.spec
-    x, y = data_mod.eval_subset(data.test, subset, seed)
-    x, y = x.to(device), y.to(device)
-
-    reports, new_rows, texts = {}, [], []
     for tid in ids:
-        row = by_id[tid]
-        folder = Path(row["checkpoint"])
-        if not folder.is_absolute() and not folder.exists():
-            folder = exp_dir / folder
-        if not (folder / trial_io.META).exists():
-            raise EvalError(f"trial {tid}: checkpoint {folder} not found")
-        defense, cfg, nets, pred = trial_io.rebuild(folder, spec, device)
+        _checkpoint_folder(exp_dir, by_id[tid])
+    n = min(subset, len(data.test))
+    attacks = None if attacks is None else tuple(attacks)
+    jobs = [TrialJob(tid, by_id[tid], str(exp_dir), dataset, data_dir, subset, eot, attacks, seed,
+                     batch_size, device, threads, n) for tid in ids]
+    return jobs, rows
+
+
+def _checkpoint_folder(exp_dir: Path, row: dict) -> Path:
+    from raysearch import trial_io
+
+    folder = Path(row["checkpoint"])
+    if not folder.is_absolute() and not folder.exists():
+        folder = exp_dir / folder
+    if not (folder / trial_io.META).exists():
+        raise EvalError(f"trial {row['trial_id']}: checkpoint {folder} not found")
+    return folder
+
+
+def evaluate_trial(job: TrialJob, progress: Callable[[str], None] | None = None) -> TrialOutcome:
+    """One trial's full suite: rebuild its predictor from the checkpoint, attack the test subset.
+    Writes nothing; runs wherever it is called (the driver, or a Ray task with a GPU)."""
+    from raysearch import data as data_mod
+    from raysearch import trial_io
+
+    t0 = time.perf_counter()
+    before = torch.get_num_threads()
+    if job.threads is not None:
+        torch.set_num_threads(job.threads)
+    try:
+        device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        data = data_mod.load(job.dataset, job.data_dir)
+        spec = data.spec
+        x, y = data_mod.eval_subset(data.test, job.subset, job.seed)
+        x, y = x.to(device), y.to(device)
+        row, tid = job.row, job.trial_id
+        suite, with_defense = expand_attacks(job.attacks)
+        defense, cfg, nets, pred = trial_io.rebuild(_checkpoint_folder(Path(job.exp_dir), row), spec, device)
         eps_eval = row.get("eps_eval") if _finite(row.get("eps_eval")) and row.get("eps_eval") > 0 else spec.eps_eval
         extra = defense.extra_attacks(nets, cfg) if with_defense else {}
-        surrogate = nets.get("classifier")
         if progress:
             progress(f"trial {tid} ({row.get('method')}): {len(y)} test images, eps_eval {eps_eval:.4g}")
-        rep = evaluate_predictor(pred, x, y, spec, eps_eval=eps_eval, attacks=suite, eot=eot, seed=seed,
-                                 surrogate=surrogate, extra=extra, batch_size=batch_size, progress=progress)
-        proxy = row.get("robust_acc")
-        if _finite(proxy) and proxy > rep.accuracy("worst_seen") + PROXY_GAP:
-            rep.flags.append(FLAG_PROXY)
-        reports[tid] = rep
-        base = {"experiment": row.get("experiment") or exp_dir.name, "trial_id": tid,
-                "method": row.get("method"), "dataset": dataset}
-        new_rows += report_rows(rep, base)
-        texts.append(format_table(tid, row.get("method", ""), rep))
+        rep = evaluate_predictor(pred, x, y, spec, eps_eval=eps_eval, attacks=suite, eot=job.eot, seed=job.seed,
+                                 surrogate=nets.get("classifier"), extra=extra, batch_size=job.batch_size,
+                                 progress=progress)
+    finally:
+        torch.set_num_threads(before)
+    proxy = row.get("robust_acc")
+    if _finite(proxy) and proxy > rep.accuracy("worst_seen") + PROXY_GAP:
+        rep.flags.append(FLAG_PROXY)
+    base = {"experiment": row.get("experiment") or Path(job.exp_dir).name, "trial_id": tid,
+            "method": row.get("method"), "dataset": job.dataset}
+    return TrialOutcome(tid, rep, report_rows(rep, base), format_table(tid, row.get("method", ""), rep),
+                        time.perf_counter() - t0)
 
+
+def safe_evaluate_trial(job: TrialJob, progress: Callable[[str], None] | None = None) -> TrialOutcome:
+    """``evaluate_trial``, with a failure turned into an outcome that says why (one line), so
+    one trial's failure loses no other trial's results."""
+    t0 = time.perf_counter()
+    try:
+        return evaluate_trial(job, progress)
+    except Exception as e:  # any failure of one trial's suite: report it, keep the others
+        log.debug("trial %s: final evaluation failed", job.trial_id, exc_info=True)
+        msg = f"{type(e).__name__}: {e}".splitlines()[0]
+        return TrialOutcome(job.trial_id, None, [], f"trial {job.trial_id}: final evaluation failed: {msg}",
+                            time.perf_counter() - t0, error=msg)
+
+
+def write_results(exp_dir: Path, rows: list[dict], outcomes: list[TrialOutcome], subset_n: int, eot: int,
+                  seconds: float) -> dict[str, Any]:
+    """Store every successful outcome (evals.parquet rows replaced per trial, final_* columns in
+    trials.parquet) and build the summary; failed trials keep their earlier results and are
+    listed under "failed"."""
+    reports = {o.trial_id: o.report for o in outcomes if o.report is not None}
+    failed = {o.trial_id: o.error for o in outcomes if o.report is None}
+    by_id = {r["trial_id"]: r for r in rows}
     old = store.read_rows(exp_dir / store.EVALS)
     kept = [r for r in old if not (r.get("stage") == "final" and r.get("trial_id") in reports)]
-    store.write_evals(exp_dir, [{k: v for k, v in r.items() if k != "schema_version"} for r in kept] + new_rows)
+    store.write_evals(exp_dir, [{k: v for k, v in r.items() if k != "schema_version"} for r in kept]
+                      + [r for o in outcomes for r in o.rows])
     for r in rows:
         rep = reports.get(r["trial_id"])
         if rep is not None:
@@ -477,18 +567,17 @@ def _evaluate_experiment(exp_dir, trial_ids, subset, eot, attacks, device, progr
     store.write_trials(exp_dir, [{k: v for k, v in r.items() if k != "schema_version"} for r in rows])
 
     fronts, hv = _fronts(reports)
-    texts.append(format_fronts(fronts, hv, reports))
-    summary = {
+    texts = [o.text for o in outcomes] + ([format_fronts(fronts, hv, reports)] if reports else [])
+    return {
         "trials": {tid: {"method": by_id[tid].get("method"), "clean_acc": rep.clean_acc,
                          "worst_seen": rep.accuracy("worst_seen"), "union_unseen": rep.accuracy("union_unseen"),
                          "flags": list(rep.flags),
                          "attacks": {r.attack: r.accuracy for r in rep.results},
                          "aggregates": {k: v[2] for k, v in rep.aggregates.items()}}
                    for tid, rep in reports.items()},
-        "fronts": fronts, "hypervolume": hv, "subset": len(y), "eot": eot,
-        "seconds": time.perf_counter() - t_start, "report": "\n\n".join(texts),
+        "fronts": fronts, "hypervolume": hv, "subset": subset_n, "eot": eot, "failed": failed,
+        "seconds": seconds, "report": "\n\n".join(texts),
     }
-    return summary
 
 
 def _fronts(reports: dict[str, PredictorReport]) -> tuple[dict[str, list[str]], dict[str, float]]:
@@ -560,7 +649,9 @@ def main(argv: list[str] | None = None) -> int:
     print(summary["report"])
     print(f"\n{len(summary['trials'])} trial(s), {summary['subset']} test images, {summary['seconds']:.0f} s; "
           f"results in {Path(args.experiment) / store.EVALS}")
-    return 0
+    for tid, why in summary["failed"].items():
+        print(f"error: trial {tid}: final evaluation failed: {why}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -163,7 +163,7 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
             "clean_acc": correct / max(n, 1),
             "robust_acc": robust / max(n, 1),
             "eval_n": int(n),
-            "eval_eot": exp["eval_eot"] if pred.randomized else 1,
+            "eval_eot": pred.calls(exp["eval_eot"]) * pred.draws_per_call if pred.randomized else 1,
             "train_s": train_s,
             "eval_s": time.time() - t1,
             "nodes": nodes,

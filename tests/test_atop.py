@@ -103,6 +103,32 @@ def test_predictor_is_randomized_and_averages_draws(digits, pretrained):
     assert torch.isfinite(g).all() and g.abs().sum() > 0
 
 
+def test_bpda_variant_passes_the_classifier_gradient_straight_through(digits, pretrained):
+    """Same forward pass as the real pipeline under the same draws; in the backward pass g∘t is
+    the identity, so the input gradient is f's gradient at the purified image."""
+    cfg, nets = pretrained
+    cfg = dataclasses.replace(cfg, n_masks=3)
+    pred = DEFENSE.predictor(nets, cfg)
+    assert pred.bpda is not None and pred.draws_per_call == 3
+    assert [pred.calls(e) for e in (20, 3, 1)] == [7, 1, 1]
+    x, y = digits.val.images(torch.arange(16)), digits.val.y[:16]
+    xb = x.clone().requires_grad_(True)
+    torch.manual_seed(5)
+    out_bpda = pred.bpda(xb)
+    (g_bpda,) = torch.autograd.grad(torch.nn.functional.cross_entropy(out_bpda, y, reduction="sum"), xb)
+    torch.manual_seed(5)
+    reps = x.repeat(3, 1, 1, 1)
+    xt, mask = random_transform(reps, cfg.noise_sigma, cfg.missing_rate, cfg.block)
+    purified = nets["purifier"](xt, mask).detach().requires_grad_(True)
+    out = nets["classifier"](purified).view(3, 16, -1).mean(0)
+    (g_f,) = torch.autograd.grad(torch.nn.functional.cross_entropy(out, y, reduction="sum"), purified)
+    assert torch.allclose(out_bpda, out, atol=1e-5)
+    assert torch.allclose(g_bpda, g_f.view(3, 16, *x.shape[1:]).sum(0), atol=1e-6)
+    torch.manual_seed(5)
+    (g_real,) = torch.autograd.grad(torch.nn.functional.cross_entropy(pred.model(xb), y, reduction="sum"), xb)
+    assert not torch.allclose(g_real, g_bpda, atol=1e-4)  # the real backward pass goes through g
+
+
 def make_ctx(digits, pretrained, step=0, **overrides):
     cfg = dataclasses.replace(pretrained[0], batch_size=64, **overrides)
     nets = DEFENSE.build(cfg, digits.spec)

@@ -7,6 +7,7 @@ save them as a finished experiment would: trial_io checkpoints, trials.parquet w
 from __future__ import annotations
 
 import dataclasses
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -220,6 +221,19 @@ def test_randomized_predictor_gets_eot(robust_model, test_images, digits):
     assert E.FLAG_RANDOM not in rep.flags
 
 
+def test_eot_counts_draws_of_a_predictor_that_averages_several(robust_model, test_images, digits):
+    """A call that already averages 4 draws is made ceil(20 / 4) = 5 times per gradient: 20
+    draws, recorded as 20."""
+    x, y = test_images
+    calls = []
+    noisy = Noisy(robust_model, 0.1)
+    noisy.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    rep = E.evaluate_predictor(Predictor(noisy, randomized=True, draws_per_call=4), x, y, digits.spec,
+                               attacks=[cheap("pgd_ce", steps=3, restarts=1)], eot=20)
+    assert rep.eot == 20 and all(r.eot_samples == 20 for r in rep.results)
+    assert max(calls) == 5 * len(x) and 5 * int(rep.clean.sum()) in calls  # clean scoring, attack steps
+
+
 def test_undeclared_randomness_is_flagged(robust_model, test_images, digits):
     x, y = test_images
     rep = E.evaluate_predictor(Predictor(Noisy(robust_model, 0.1), randomized=False), x, y, digits.spec,
@@ -333,3 +347,21 @@ def test_cli(experiment):
     assert "front" in p.stdout
     rows = store.read_rows(experiment / store.EVALS)
     assert {r["attack"] for r in rows if r["stage"] == "final"} >= {"clean", "fgsm", "jpeg", "contrast_s5"}
+
+
+def test_one_failed_trial_keeps_the_others(experiment, capsys):
+    """A trial whose suite fails (here: its weights file is damaged) is reported in one line; the
+    other trial's results are written and the CLI exits non-zero."""
+    state = experiment / "t0" / "checkpoint_000003" / trial_io.STATE
+    state.write_bytes(state.read_bytes()[:100])
+    summary = E.evaluate_experiment(experiment, trial_ids=["t0", "t1"], subset=40, attacks=["fgsm"], device="cpu")
+    assert set(summary["failed"]) == {"t0"} and set(summary["trials"]) == {"t1"}
+    final = {r["trial_id"] for r in store.read_rows(experiment / store.EVALS) if r["stage"] == "final"}
+    assert final == {"t1"}
+    trials = {r["trial_id"]: r for r in store.read_rows(experiment / store.TRIALS)}
+    assert trials["t1"]["final_worst_seen"] == summary["trials"]["t1"]["worst_seen"]
+    assert trials["t0"]["final_worst_seen"] is None or math.isnan(trials["t0"]["final_worst_seen"])
+    code = E.main(["--experiment", str(experiment), "--trials", "t0", "t1", "--only-trials", "--subset", "40",
+                   "--attacks", "fgsm", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1 and "trial t0: final evaluation failed" in err and "Traceback" not in err

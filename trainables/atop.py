@@ -139,18 +139,24 @@ class PatchDiscriminator(nn.Module):
 
 class Purified(nn.Module):
     """f∘g∘t on [0, 1] images -> logits averaged over ``n_masks`` transform draws; fresh
-    transforms on every call, differentiable end to end."""
+    transforms on every call, differentiable end to end. ``bpda``: the same forward pass, with
+    g∘t taken as the identity in the backward pass (the gradient of f at the purified image
+    goes to the input unchanged), the BPDA attack on purification."""
 
     def __init__(self, purifier: nn.Module, classifier: nn.Module, sigma: float,
-                 missing_rate: float, block: int, n_masks: int):
+                 missing_rate: float, block: int, n_masks: int, bpda: bool = False):
         super().__init__()
         self.purifier, self.classifier = purifier, classifier
         self.sigma, self.missing_rate, self.block, self.n_masks = sigma, missing_rate, block, n_masks
+        self.bpda = bpda
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         reps = x.repeat(self.n_masks, 1, 1, 1)
         xt, mask = random_transform(reps, self.sigma, self.missing_rate, self.block)
-        logits = self.classifier(self.purifier(xt, mask))
+        purified = self.purifier(xt, mask)
+        if self.bpda:
+            purified = reps + (purified - reps).detach()
+        logits = self.classifier(purified)
         return logits.view(self.n_masks, x.shape[0], -1).mean(0)
 
 
@@ -230,9 +236,9 @@ class AToP(Defense):
         return ({"purifier": _adam(nets["purifier"], cfg.purifier_lr),
                  "discriminator": _adam(nets["discriminator"], cfg.purifier_lr)}, {})
 
-    def pipeline(self, nets, cfg, n_masks: int | None = None) -> Purified:
+    def pipeline(self, nets, cfg, n_masks: int | None = None, bpda: bool = False) -> Purified:
         return Purified(nets["purifier"], nets["classifier"], cfg.noise_sigma, cfg.missing_rate,
-                        cfg.block, cfg.n_masks if n_masks is None else n_masks)
+                        cfg.block, cfg.n_masks if n_masks is None else n_masks, bpda)
 
     def adversarial(self, ctx, x, y) -> torch.Tensor:
         """x' for fine-tuning: FGSM on the bare classifier, or PGD-EOT through g∘t."""
@@ -272,4 +278,5 @@ class AToP(Defense):
                 "lambda_cls": cfg.lambda_cls * ramp}
 
     def predictor(self, nets, cfg):
-        return Predictor(self.pipeline(nets, cfg), randomized=True)
+        return Predictor(self.pipeline(nets, cfg), randomized=True, bpda=self.pipeline(nets, cfg, bpda=True),
+                         draws_per_call=cfg.n_masks)

@@ -80,12 +80,19 @@ class Predictor:
     ``randomized``: fresh randomness per call, so attacks need EOT and clean accuracy is
     averaged over draws. ``bpda``: the same pipeline with its non-differentiable or
     test-time-optimized steps replaced by the identity in the backward pass (None if there are
-    none).
+    none). ``draws_per_call``: independent random draws one call already averages (atop's
+    ``n_masks``); EOT budgets count draws, so an attack asking for ``eot`` draws makes
+    ``calls(eot)`` calls.
     """
 
     model: nn.Module
     randomized: bool = False
     bpda: nn.Module | None = None
+    draws_per_call: int = 1
+
+    def calls(self, eot: int) -> int:
+        """Calls that give at least ``eot`` random draws (1 for a deterministic predictor)."""
+        return -(-max(1, eot) // max(1, self.draws_per_call)) if self.randomized else 1
 
 
 @dataclass
