@@ -17,31 +17,11 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 import torchattacks
 
 from raysearch import data as data_mod
 from raysearch.attacks import apgd, core, pgd
-from trainables.nets import make_classifier
-
-
-def train(data, device, epochs: int = 8):
-    torch.manual_seed(0)
-    model = make_classifier("auto", data.spec).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
-    x, y = data.train.images().to(device), data.train.y.to(device)
-    for _ in range(epochs):
-        perm = torch.randperm(len(y), device=device)
-        for i in range(0, len(y), 128):
-            idx = perm[i:i + 128]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+from raysearch.local import standard_classifier
 
 
 def timed(fn, x, y, device):
@@ -64,7 +44,7 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device(args.device)
     data = data_mod.load(args.dataset, args.data_dir)
-    model = train(data, device)
+    model = standard_classifier(data, epochs=8, device=device)
     eps = data.spec.eps_eval
     x, y = data_mod.eval_subset(data.test, args.batch, seed=0)
     x, y = x.to(device), y.to(device)

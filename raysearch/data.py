@@ -191,6 +191,17 @@ def eval_subset(split: Split, n: int, seed: int = 0) -> tuple[torch.Tensor, torc
     return split.images(idx), split.y[idx]
 
 
+def shuffled_batches(split: Split, batch_size: int, device: torch.device | str = "cpu",
+                     augment: bool = False, flip: bool = False):
+    """One shuffled pass over ``split`` as (images, labels) batches on ``device``, with random
+    crop (and flip) when ``augment``: the loader of component pre-training."""
+    perm = torch.randperm(len(split))
+    for i in range(0, len(perm), batch_size):
+        idx = perm[i:i + batch_size]
+        x = split.images(idx).to(device)
+        yield (augment_batch(x, flip) if augment else x), split.y[idx].to(device)
+
+
 def augment_batch(x: torch.Tensor, flip: bool, pad: int = 4) -> torch.Tensor:
     """Random crop with zero padding and (optionally) horizontal flip, per image, on x's device."""
     n, _, h, w = x.shape

@@ -245,7 +245,8 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
             x_adv = _attack_images(lambda m, xb, yb, e, eot, seed: fn(m, xb, yb, e), target, xc, yc,
                                    eps_eval, 1, seed, batch_size)
             _check_range(name, xc, x_adv)
-            res = AttackResult(name + suffix, name, A.UNSEEN, DEFENSE, eps_eval, score(x_adv), rep.eot,
+            res = AttackResult(name + suffix, name, A.UNSEEN, getattr(fn, "norm", DEFENSE),
+                               float(getattr(fn, "eps", eps_eval)), score(x_adv), rep.eot,
                                time.perf_counter() - t0)
             rep.results.append(res)
             say(f"{res.attack:22s} acc {res.accuracy:.3f}  ({res.seconds:.1f} s)")

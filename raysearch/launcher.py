@@ -30,7 +30,7 @@ from ray.tune.search.optuna import OptunaSearch
 import search_spaces
 from raysearch import data as data_mod
 from raysearch import store, trial_io
-from raysearch.config import ExperimentConfig, default_config
+from raysearch.config import ExperimentConfig, default_config, trial_config
 from raysearch.pareto import hypervolume_2d, pareto_mask
 
 OBJECTIVES = ("clean_acc", "robust_acc")
@@ -212,11 +212,8 @@ class StoreCallback(ray.tune.Callback):
     def _row(self, trial) -> dict:
         row = self.trials.get(trial.trial_id)
         if row is None:
-            spec = data_mod.SPECS[self.exp.dataset]
-            cfg = dataclasses.asdict(default_config(self.exp.method, spec))
-            cfg.update(trial.config)
-            cfg.update(dict(self.exp.sets))
-            cfg.update(epochs=self.exp.max_epochs, arch=self.exp.arch)
+            cfg = dataclasses.asdict(trial_config(self.exp.method, data_mod.SPECS[self.exp.dataset], trial.config,
+                                                  dict(self.exp.sets), self.exp.max_epochs, self.exp.arch))
             row = {"experiment": self.exp.name, "trial_id": trial.trial_id, "method": self.exp.method,
                    "dataset": self.exp.dataset, "arch": self.exp.arch, "status": store.RUNNING, "error": None,
                    "eps_eval": self.exp.eps_eval, "epochs": 0, "num_workers": self.exp.workers_per_trial,

@@ -11,6 +11,7 @@ import Ray.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import tempfile
 import time
@@ -70,14 +71,8 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
         m.to(device)
     train_x, train_y = data.train.x, data.train.y
 
-    def batches(batch_size: int):
-        perm = torch.randperm(len(train_y))
-        for i in range(0, len(perm), batch_size):
-            idx = perm[i:i + batch_size]
-            x = data.train.images(idx).to(device)
-            if data.augment:
-                x = data_mod.augment_batch(x, data.flip)
-            yield x, train_y[idx].to(device)
+    batches = functools.partial(data_mod.shuffled_batches, data.train, device=device,
+                                augment=data.augment, flip=data.flip)
 
     comps = defense.pretrained(cfg, spec)
     if comps:

@@ -4,17 +4,13 @@ the IMT step is bounded and attackable, and each update moves exactly the networ
 Tiny runs on the bundled digits."""
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-
 import pytest
 import torch
 
-from raysearch.config import default_config
+from conftest import changed, fresh_context, params
 from raysearch.data import load
 from trainables import REGISTRY
 from trainables.atld import IMTPredictor, bce_nat_adv, latent_attack, latent_of
-from trainables.base import StepContext
 from trainables.common import eval_mode
 
 DEFENSE = REGISTRY["atld"]
@@ -28,23 +24,7 @@ def digits():
 
 
 def make_ctx(spec, seed=0, **changes):
-    torch.manual_seed(seed)
-    cfg = dataclasses.replace(default_config("atld", spec), **changes)
-    nets = DEFENSE.build(cfg, spec)
-    for m in nets.values():
-        m.train()
-    opts, scheds = DEFENSE.optimizers(nets, cfg, 50)
-    return StepContext(nets=nets, raw=nets, opts=opts, scheds=scheds, cfg=cfg, spec=spec, epoch=0,
-                       step=0, steps_per_epoch=50, device=torch.device("cpu"),
-                       autocast=contextlib.nullcontext)
-
-
-def params(net):
-    return [p.detach().clone() for p in net.parameters()]
-
-
-def changed(before, net):
-    return any(not torch.equal(b, p) for b, p in zip(before, net.parameters()))
+    return fresh_context(DEFENSE, spec, seed, **changes)
 
 
 def pretrained_ctx(spec, x, y, **changes):

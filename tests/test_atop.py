@@ -4,9 +4,9 @@ fine-tuning step moves purifier and discriminator but never the classifier, λ_c
 the cached components are trained once when two trials ask for them at the same time."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
+import functools
 import threading
 
 import pytest
@@ -15,33 +15,10 @@ import torch
 import search_spaces
 from raysearch import components, data
 from raysearch.config import default_config
+from raysearch.local import step_context
 from trainables.atop import AToP, block_px, random_transform
-from trainables.base import StepContext
-from trainables.common import frozen
 
 DEFENSE = AToP()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """8×8 convolutions gain nothing from intra-op threads and lose a lot when cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return data.load("digits")
-
-
-def batches_of(split):
-    def batches(bs):
-        perm = torch.randperm(len(split))
-        for i in range(0, len(perm), bs):
-            yield split.images(perm[i:i + bs]), split.y[perm[i:i + bs]]
-    return batches
 
 
 def config(digits, **overrides):
@@ -55,7 +32,7 @@ def pretrained(digits, tmp_path_factory):
     cfg = config(digits, cls_epochs=8, pretrain_epochs=20)
     nets = DEFENSE.build(cfg, digits.spec)
     status = components.ensure("atop", DEFENSE.pretrained(cfg, digits.spec), nets, cfg, digits.spec,
-                               tmp_path_factory.mktemp("store"), batches_of(digits.train), torch.device("cpu"))
+                               tmp_path_factory.mktemp("store"), functools.partial(data.shuffled_batches, digits.train), torch.device("cpu"))
     assert status == {"classifier": "trained", "purifier": "trained"}
     return cfg, {r: m.eval() for r, m in nets.items()}
 
@@ -134,10 +111,7 @@ def make_ctx(digits, pretrained, step=0, **overrides):
     nets = DEFENSE.build(cfg, digits.spec)
     for role, m in nets.items():
         m.load_state_dict(pretrained[1][role].state_dict())
-        m.train() if role in DEFENSE.trainable(cfg) else frozen(m)
-    opts, scheds = DEFENSE.optimizers({r: nets[r] for r in DEFENSE.trainable(cfg)}, cfg, 100)
-    return StepContext(nets=nets, raw=nets, opts=opts, scheds=scheds, cfg=cfg, spec=digits.spec, epoch=0,
-                       step=step, steps_per_epoch=10, device=torch.device("cpu"), autocast=contextlib.nullcontext)
+    return step_context(DEFENSE, cfg, digits.spec, nets, total_steps=100, steps_per_epoch=10, step=step)
 
 
 @pytest.mark.parametrize("ft_attack", ["fgsm_classifier", "pgd_eot_through"])
@@ -193,7 +167,7 @@ def test_two_concurrent_requests_train_each_component_once(digits, tmp_path):
     def trial():
         nets = DEFENSE.build(cfg, digits.spec)
         results.append(components.ensure("atop", DEFENSE.pretrained(cfg, digits.spec), nets, cfg, digits.spec,
-                                         tmp_path, batches_of(digits.train), torch.device("cpu")))
+                                         tmp_path, functools.partial(data.shuffled_batches, digits.train), torch.device("cpu")))
         states.append({r: m.state_dict() for r, m in nets.items()})
 
     threads = [threading.Thread(target=trial) for _ in range(2)]

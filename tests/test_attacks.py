@@ -19,11 +19,11 @@ from torch import nn
 from raysearch import attacks as A
 from raysearch import data as data_mod
 from raysearch.attacks import core, corruptions
+from raysearch.local import standard_classifier
 
 # the package exports the attack functions under their modules' names; fetch the modules
 apgd_mod, jpeg, recolor, square, stadv = (importlib.import_module(f"raysearch.attacks.{m}")
                                           for m in ("apgd", "jpeg", "recolor", "square", "stadv"))
-from trainables.nets import make_classifier
 
 N = 64  # test images per attack
 
@@ -36,22 +36,7 @@ def digits():
 @pytest.fixture(scope="module")
 def model(digits):
     """Undefended small CNN, ~97% clean on digits after 6 epochs (a few seconds on 2 cores)."""
-    torch.manual_seed(0)
-    m = make_classifier("auto", digits.spec)
-    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True)
-    x, y = digits.train.images(), digits.train.y
-    for _ in range(6):
-        perm = torch.randperm(len(y))
-        for i in range(0, len(y), 64):
-            idx = perm[i:i + 64]
-            loss = F.cross_entropy(m(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    m.eval()
-    for p in m.parameters():
-        p.requires_grad_(False)
-    return m
+    return standard_classifier(digits, epochs=6, batch_size=64)
 
 
 @pytest.fixture(scope="module")

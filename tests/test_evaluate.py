@@ -323,7 +323,14 @@ def test_defense_extra_attacks_are_unseen(robust_model, test_images, digits):
                                extra={"brighten": shift})
     r = {r.attack: r for r in rep.results}["brighten"]
     assert r.threat == "unseen" and seen == [digits.spec.eps_eval]
+    assert r.eps == digits.spec.eps_eval and r.norm == E.DEFENSE
     assert rep.aggregates["union_unseen"][2] == r.accuracy
+    # an attack with its own budget (ijsat's latent radius) is recorded with it
+    shift.eps, shift.norm = 0.5, "latent_linf"
+    rep = E.evaluate_predictor(Predictor(robust_model), x, y, digits.spec, attacks=["fgsm"],
+                               extra={"brighten": shift})
+    r = {r.attack: r for r in rep.results}["brighten"]
+    assert (r.eps, r.norm) == (0.5, "latent_linf")
 
 
 def test_cli_bad_input(experiment, tmp_path, capsys):

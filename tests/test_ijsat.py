@@ -4,9 +4,9 @@ attacks the interpolate, a training step moves the classifier and never the flow
 component is trained once when two trials ask for it at the same time."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
+import functools
 import threading
 
 import pytest
@@ -16,34 +16,13 @@ import torch.nn.functional as F
 import search_spaces
 from raysearch import components, data
 from raysearch.config import default_config
-from trainables.base import StepContext, sgd_step
+from raysearch.local import step_context
+from trainables.base import sgd_step
 from trainables.common import frozen, pgd_linf
 from trainables.ijsat import IJSAT, GlowFlow, flow_setting, interpolate, joint_attack
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.lu is deprecated")
 DEFENSE = IJSAT()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """8×8 convolutions gain nothing from intra-op threads and lose a lot when cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return data.load("digits")
-
-
-def batches_of(split):
-    def batches(bs):
-        perm = torch.randperm(len(split))
-        for i in range(0, len(perm), bs):
-            yield split.images(perm[i:i + bs]), split.y[perm[i:i + bs]]
-    return batches
 
 
 def config(digits, **overrides):
@@ -59,11 +38,11 @@ def trained(digits, tmp_path_factory):
     nets = DEFENSE.build(cfg, digits.spec)
     untrained_flow = copy.deepcopy(nets["flow"])
     components.ensure("ijsat", DEFENSE.pretrained(cfg, digits.spec), nets, cfg, digits.spec,
-                      tmp_path_factory.mktemp("store"), batches_of(digits.train), torch.device("cpu"))
+                      tmp_path_factory.mktemp("store"), functools.partial(data.shuffled_batches, digits.train), torch.device("cpu"))
     f = nets["classifier"]
     opt = torch.optim.SGD(f.parameters(), lr=0.05, momentum=0.9, nesterov=True)
     for _ in range(8):
-        for x, y in batches_of(digits.train)(64):
+        for x, y in functools.partial(data.shuffled_batches, digits.train)(64):
             sgd_step(opt, F.cross_entropy(f(x), y))
     return cfg, frozen(nets["flow"]), frozen(f), frozen(untrained_flow)
 
@@ -114,6 +93,7 @@ def test_on_manifold_attack_has_no_pixel_part_and_hurts(digits, trained):
     cfg, flow, f, _ = trained
     x, y = digits.val.images(), digits.val.y
     attack = DEFENSE.extra_attacks({"flow": flow, "classifier": f}, cfg)["on_manifold"]
+    assert (attack.eps, attack.norm) == (cfg.eval_eps_z, "latent_linf")  # recorded, not the pixel ε
     x_adv = attack(f, x, y, 0.0)
     assert accuracy(f, x_adv, y) < accuracy(f, x, y) - 0.05
     torch.manual_seed(2)
@@ -152,11 +132,7 @@ def make_ctx(digits, trained, **overrides):
     torch.manual_seed(0)
     nets = DEFENSE.build(cfg, digits.spec)
     nets["flow"].load_state_dict(trained[1].state_dict())
-    frozen(nets["flow"]).requires_grad_(False)
-    nets["classifier"].train()
-    opts, scheds = DEFENSE.optimizers({"classifier": nets["classifier"]}, cfg, 100)
-    return StepContext(nets=nets, raw=nets, opts=opts, scheds=scheds, cfg=cfg, spec=digits.spec, epoch=0,
-                       step=0, steps_per_epoch=10, device=torch.device("cpu"), autocast=contextlib.nullcontext)
+    return step_context(DEFENSE, cfg, digits.spec, nets, total_steps=100, steps_per_epoch=10)
 
 
 @pytest.mark.parametrize("overrides", [dict(mixup_prob=1.0), dict(mixup_prob=1.0, mixup_space="pixel"),
@@ -190,7 +166,7 @@ def test_two_concurrent_requests_train_the_flow_once(digits, tmp_path):
     def trial():
         nets = DEFENSE.build(cfg, digits.spec)
         out = components.ensure("ijsat", DEFENSE.pretrained(cfg, digits.spec), nets, cfg, digits.spec,
-                                tmp_path, batches_of(digits.train), torch.device("cpu"))
+                                tmp_path, functools.partial(data.shuffled_batches, digits.train), torch.device("cpu"))
         results.append(out["flow"])
         states.append(nets["flow"].state_dict())
 

@@ -150,7 +150,9 @@ class Defense:
 
     def extra_attacks(self, nets, cfg) -> dict[str, Callable]:
         """Unseen attacks that this defense's own networks make possible, by name:
-        ``attack(model, x, y, eps) -> x_adv`` (ijsat: the on-manifold attack through its flow)."""
+        ``attack(model, x, y, eps) -> x_adv`` (ijsat: the on-manifold attack through its flow).
+        An attack whose budget is not the pixel ε it is given says so with attributes ``eps``
+        and ``norm``, which the results record instead of ε_eval and "defense"."""
         return {}
 
 

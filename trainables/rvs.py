@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-import ot
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -87,7 +86,16 @@ def synthesize(x: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor
     return (x + (start + delta).clamp(-eps, eps)).clamp(0.0, 1.0)
 
 
+def _pot():
+    """POT, imported on first use: it pulls in scipy (~2 s of CPU), which every other method's
+    process would otherwise pay at start-up."""
+    import ot
+
+    return ot
+
+
 def cost_matrix(h1: torch.Tensor, h2: torch.Tensor, cost: str) -> torch.Tensor:
+    ot = _pot()
     if cost == "sqeuclidean":
         return ot.dist(h1, h2, metric="sqeuclidean")
     if cost == "euclidean":
@@ -111,7 +119,7 @@ def ot_distance(h1: torch.Tensor, h2: torch.Tensor, *, cost: str = "sqeuclidean"
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     a = torch.full((h1.shape[0],), 1.0 / h1.shape[0], device=c.device)
     b = torch.full((h2.shape[0],), 1.0 / h2.shape[0], device=c.device)
-    return ot.sinkhorn2(a, b, c, reg * scale, method="sinkhorn_log", numItermax=iters, stopThr=1e-9,
+    return _pot().sinkhorn2(a, b, c, reg * scale, method="sinkhorn_log", numItermax=iters, stopThr=1e-9,
                         warn=False)
 
 
