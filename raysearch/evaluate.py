@@ -12,7 +12,9 @@ Honesty rules:
   (clean and adversarial alike). A predictor that averages k draws per call (atop's n_masks)
   is called ceil(eot / k) times. The mean single-call clean accuracy is reported beside it.
 * Predictors with a BPDA pipeline are attacked through the real backward pass *and* through
-  BPDA; each is a row, and every aggregate takes the worst case over them.
+  BPDA with every white-box attack (only the seen ones if the predictor is also randomized);
+  each is a row, and every aggregate takes the worst case over them. Randomized predictors get the attack settings of AutoAttack's rand version
+  (see ``raysearch.attacks``).
 * An image counts as robust to an attack only if it is classified correctly both clean and
   attacked. Per family the number is the per-image worst case over the family's attacks and
   variants; over seen attacks the per-image worst case ("worst_seen"), over unseen attacks the
@@ -225,13 +227,19 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
             if surrogate is None or surrogate is model:
                 continue
             variants = [("", surrogate, 1)]
+        elif pred.randomized and attack.randomized is None:
+            continue  # not part of the protocol for randomized predictors (AutoAttack's rand version)
         else:
             variants = [("", model, draws)]
-            if pred.bpda is not None and attack.gradient:
+            # BPDA on every white-box attack; on a randomized predictor (20 draws per gradient)
+            # on the seen ones, which the robust accuracy is taken from
+            if pred.bpda is not None and attack.gradient and (attack.threat == A.SEEN or not pred.randomized):
                 variants.append(("+bpda", pred.bpda, draws))
+        rand = pred.randomized and not attack.surrogate
         for suffix, target, k in variants:
             t0 = time.perf_counter()
-            x_adv = _attack_images(lambda *a, **kw: A.run(attack, *a, **kw), target, xc, yc, eps, k, seed, batch_size)
+            x_adv = _attack_images(lambda *a, **kw: A.run(attack, *a, randomized=rand, **kw), target, xc, yc, eps,
+                                   k, seed, batch_size)
             _check_budget(attack, xc, x_adv, eps)
             res = AttackResult(name + suffix, attack.family, attack.threat, attack.norm, eps, score(x_adv),
                                rep.eot, time.perf_counter() - t0, attack.gradient, attack.surrogate)

@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "predictors (default 10)")
     p.add_argument("--eot-samples", type=int, default=20, help="EOT samples in the final evaluation (default 20)")
     p.add_argument("--final-eval-size", type=int, default=0,
-                   help="test images for the final suite (default: 1000; 360 = the whole digits test set)")
+                   help="test images for the final suite (default: 1000, or 100 for a randomized defense "
+                        "such as atop, whose attacks average 20 draws per step; 360 = the whole digits test set)")
     p.add_argument("--no-final-eval", action="store_true", help="skip the attack suite after the search")
     p.add_argument("--scheduler", default="none", help="early stopping: none, or asha (ASHA on clean×robust "
                                                       "accuracy each epoch; stopped trials keep their last metrics)")
@@ -153,7 +154,7 @@ def make_config(args: argparse.Namespace) -> ExperimentConfig:
         sets=sets, eps_eval=args.eps_eval or spec.eps_eval, workers_per_trial=args.workers_per_trial,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker, address=args.address,
         eval_size=args.eval_size, eval_steps=args.eval_steps, eot_samples=args.eot_samples,
-        final_eval=not args.no_final_eval, final_eval_size=args.final_eval_size or 1000,
+        final_eval=not args.no_final_eval, final_eval_size=args.final_eval_size or (100 if REGISTRY[args.method].randomized else 1000),
         max_failures=args.max_failures, max_concurrent=args.max_concurrent, eval_eot=args.eval_eot,
         scheduler=args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         bf16=args.bf16, channels_last=args.channels_last, compile=args.compile, loader_workers=args.loader_workers,

@@ -62,6 +62,7 @@ def test_predictor_is_attackable(method, digits, component_store):
     loss = torch.nn.functional.cross_entropy(logits, digits.val.y[:16])
     (g,) = torch.autograd.grad(loss, x)
     assert torch.isfinite(g).all() and g.abs().sum() > 0
+    assert pred.randomized == defense.randomized  # the class flag sizes the final evaluation
     if pred.randomized:
         with torch.no_grad():
             assert not torch.equal(pred.model(x), pred.model(x)), "randomized predictor gave identical draws"

@@ -234,6 +234,24 @@ def test_eot_counts_draws_of_a_predictor_that_averages_several(robust_model, tes
     assert max(calls) == 5 * len(x) and 5 * int(rep.clean.sum()) in calls  # clean scoring, attack steps
 
 
+def test_randomized_predictor_gets_autoattacks_rand_protocol(robust_model, test_images, digits):
+    """Against a randomized predictor: APGD-T is not run, PGD runs one restart of EOT gradients,
+    and Square spends its whole budget at one call per query on every image."""
+    x, y = test_images
+    noisy = Noisy(robust_model, 0.1)
+    rep = E.evaluate_predictor(Predictor(noisy, randomized=True), x, y, digits.spec, eot=20,
+                               attacks=[cheap("apgd_t", n_iter=2), cheap("pgd_ce", steps=2), cheap("square", n_queries=25)])
+    assert [r.attack for r in rep.results] == ["pgd_ce", "square"]
+    sizes = []
+    noisy.register_forward_hook(lambda m, i, o: sizes.append(len(i[0])))
+    xs, ys = x[:10], y[:10]
+    A.run(cheap("square", n_queries=25), noisy, xs, ys, 0.2, eot=20, randomized=True)
+    assert sizes == [10] * 26  # the start, then 25 queries of every image, one draw each
+    sizes.clear()
+    A.run(cheap("pgd_ce", steps=3), noisy, xs, ys, 0.2, eot=20, randomized=True)
+    assert len(sizes) <= 5 and max(sizes) == 200  # one restart: 3 steps (+ final check) of 20 draws
+
+
 def test_undeclared_randomness_is_flagged(robust_model, test_images, digits):
     x, y = test_images
     rep = E.evaluate_predictor(Predictor(Noisy(robust_model, 0.1), randomized=False), x, y, digits.spec,

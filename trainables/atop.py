@@ -211,6 +211,7 @@ class AToP(Defense):
     name = "atop"
     Config = Config
     summary = "Lin et al. 2024: adversarially fine-tuned generative purifier f(g(t(x)))"
+    randomized = True
 
     def build(self, cfg, spec):
         nets = super().build(cfg, spec)

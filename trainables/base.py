@@ -123,6 +123,7 @@ class Defense:
     name: str = ""
     Config: type = BaseConfig
     summary: str = ""
+    randomized: bool = False  # its predictor is randomized for every config (sizes the final evaluation)
 
     def build(self, cfg, spec: DataSpec) -> dict[str, nn.Module]:
         from trainables.nets import make_classifier

@@ -20,6 +20,14 @@ APGD-CE/-DLR 100 iterations (AutoAttack), APGD-T 9 targets × 100 iterations, Sq
 queries with p_init 0.8. Unseen budgets follow Laidlaw et al. (2021) and Kang et al. (2019)
 in spirit: StAdv flow ≤ 1 px at 32 px, ReColor 0.06 per channel at CIFAR scale, JPEG 8/255 per
 DCT coefficient at CIFAR scale.
+
+Randomized predictors follow AutoAttack's protocol for randomized defenses (its "rand"
+version: APGD-CE and APGD-DLR, 100 iterations, EOT over 20 draws): every gradient is an EOT
+average, PGD runs one restart (the draws replace restarts), APGD-T is not run, and Square (not
+in that protocol; kept as the gradient-free check METHODS.md asks of purification defenses)
+spends 1000 queries of one call each on every image, without stopping early; every attack's
+images are scored with EOT. (5000 queries at 20 draws each would cost more than the whole
+rand protocol.)
 """
 from __future__ import annotations
 
@@ -54,10 +62,18 @@ class AttackSpec:
     default: bool = True  # part of the default suite
     surrogate: bool = False  # crafted on the bare classifier and transferred to the predictor
     summary: str = ""
+    # against a randomized predictor: parameters merged over ``params`` ("eot": calls per query
+    # or gradient instead of the EOT budget), or None to skip (AutoAttack's rand version)
+    randomized: Mapping[str, Any] | None = field(default_factory=lambda: MappingProxyType({}))
 
 
-def _spec(name, fn, family, threat, norm, budget, params=None, **kw) -> tuple[str, AttackSpec]:
-    return name, AttackSpec(name, fn, family, threat, norm, budget, MappingProxyType(dict(params or {})), **kw)
+def _spec(name, fn, family, threat, norm, budget, params=None, randomized=(), **kw) -> tuple[str, AttackSpec]:
+    rand = None if randomized is None else MappingProxyType(dict(randomized))
+    return name, AttackSpec(name, fn, family, threat, norm, budget, MappingProxyType(dict(params or {})),
+                            randomized=rand, **kw)
+
+
+ONE_RESTART = {"restarts": 1}  # randomized predictors: EOT over 20 draws replaces restarts
 
 
 PGD = {"steps": 50, "restarts": 5}
@@ -66,23 +82,24 @@ CHECK_PGD = {"steps": 50, "restarts": 1, "loss": "ce"}
 ATTACKS: dict[str, AttackSpec] = dict([
     # seen: L∞ at ε_eval
     _spec("fgsm", fgsm, "fgsm", SEEN, "linf", ("eps_eval", 1.0), summary="one signed step of size ε"),
-    _spec("pgd_ce", pgd, "pgd", SEEN, "linf", ("eps_eval", 1.0), {**PGD, "loss": "ce"},
+    _spec("pgd_ce", pgd, "pgd", SEEN, "linf", ("eps_eval", 1.0), {**PGD, "loss": "ce"}, ONE_RESTART,
           summary="PGD-50, 5 restarts, cross-entropy"),
-    _spec("pgd_cw", pgd, "pgd", SEEN, "linf", ("eps_eval", 1.0), {**PGD, "loss": "margin"},
+    _spec("pgd_cw", pgd, "pgd", SEEN, "linf", ("eps_eval", 1.0), {**PGD, "loss": "margin"}, ONE_RESTART,
           summary="PGD-50, 5 restarts, CW margin loss"),
     _spec("apgd_ce", apgd, "apgd", SEEN, "linf", ("eps_eval", 1.0), {"n_iter": 100, "loss": "ce"},
           summary="APGD-CE, 100 iterations (AutoAttack)"),
     _spec("apgd_dlr", apgd, "apgd", SEEN, "linf", ("eps_eval", 1.0), {"n_iter": 100, "loss": "dlr"},
           summary="APGD-DLR, 100 iterations (AutoAttack)"),
-    _spec("apgd_t", apgd, "apgd", SEEN, "linf", ("eps_eval", 1.0), {"n_iter": 100, "n_targets": 9},
+    _spec("apgd_t", apgd, "apgd", SEEN, "linf", ("eps_eval", 1.0), {"n_iter": 100, "n_targets": 9}, None,
           summary="APGD-T, targeted DLR, 9 targets × 100 iterations (AutoAttack standard)"),
     _spec("square", square, "square", SEEN, "linf", ("eps_eval", 1.0), {"n_queries": 5000, "p_init": 0.8},
+          {"eot": 1, "full_budget": True, "n_queries": 1000},
           gradient=False, summary="Square, 5000 queries, p_init 0.8 (gradient-free)"),
     _spec("transfer_pgd", pgd, "transfer", SEEN, "linf", ("eps_eval", 1.0), {**PGD, "loss": "ce"},
           surrogate=True, summary="PGD-50 × 5 on the bare classifier, transferred to the predictor"),
     # unseen
     _spec("pgd_l2", pgd, "pgd_l2", UNSEEN, "l2", ("eps_eval_l2", 1.0), {**PGD, "loss": "ce", "norm": "l2"},
-          summary="L2 PGD-50, 5 restarts"),
+          ONE_RESTART, summary="L2 PGD-50, 5 restarts"),
     _spec("apgd_l2", apgd, "apgd_l2", UNSEEN, "l2", ("eps_eval_l2", 1.0), {"n_iter": 100, "loss": "ce", "norm": "l2"},
           summary="L2 APGD-CE, 100 iterations"),
     _spec("stadv", stadv, "stadv", UNSEEN, "flow", ("size", 1 / 32), {"steps": 50},
@@ -123,9 +140,17 @@ def budget(attack: AttackSpec, spec: DataSpec, eps_eval: float | None = None) ->
     raise ValueError(f"{attack.name}: unknown budget kind {kind!r}; known: {', '.join(BUDGET_KINDS)}")
 
 
-def run(attack: AttackSpec, model: Callable, x, y, eps: float, *, eot: int = 1, seed: int = 0):
-    """Call an attack with its registered parameters."""
-    return attack.fn(model, x, y, eps, eot=eot, seed=seed, **attack.params)
+def run(attack: AttackSpec, model: Callable, x, y, eps: float, *, eot: int = 1, seed: int = 0,
+        randomized: bool = False):
+    """Call an attack with its registered parameters (``randomized``: with its overrides for a
+    randomized predictor, ``eot`` calls per query or gradient unless they fix it)."""
+    params = dict(attack.params)
+    if randomized:
+        if attack.randomized is None:
+            raise ValueError(f"{attack.name} is not run on randomized predictors")
+        params.update(attack.randomized)
+        eot = params.pop("eot", eot)
+    return attack.fn(model, x, y, eps, eot=eot, seed=seed, **params)
 
 
 __all__ = ["ATTACKS", "AttackSpec", "DEFAULT_SUITE", "SEEN", "UNSEEN", "CHECK", "budget", "run",

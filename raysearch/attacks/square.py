@@ -6,8 +6,10 @@ channel and keeps it if the margin z_y − max_{j≠y} z_j drops. The window sid
 query count on the schedule of the reference implementation (p_init = 0.8 of the pixels at
 first, halved at 0.1%, 0.5%, 2%, 5%, 10%, 20%, 40%, 60%, 80% of the budget). Standard budget:
 5000 queries. Images stop being queried once fooled. With EOT the margin is averaged over
-draws, and every image is queried to the end of the budget, since a margin just below zero for
-some draws is a coin flip for fresh ones.
+draws, and every image is queried to the end of the budget (``full_budget``, default on when
+``eot`` > 1), since a margin just below zero for some draws is a coin flip for fresh ones. The
+evaluation queries a randomized predictor with one call per query and the full budget, and
+scores the result with EOT.
 """
 from __future__ import annotations
 
@@ -39,8 +41,9 @@ def _margin(model, x, y, eot):
 
 @torch.no_grad()
 def square(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, n_queries: int = 5000,
-           p_init: float = 0.8, eot: int = 1, seed: int = 0) -> torch.Tensor:
+           p_init: float = 0.8, eot: int = 1, seed: int = 0, full_budget: bool | None = None) -> torch.Tensor:
     x, y = x.detach(), y.detach()
+    full_budget = eot > 1 if full_budget is None else full_budget
     if eps <= 0 or n_queries <= 0 or not len(x):
         return x.clone()
     g = core.generator(x, seed)
@@ -51,7 +54,7 @@ def square(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, n_q
     rows = torch.arange(h, device=x.device)
     cols = torch.arange(w, device=x.device)
     # the images still to fool, kept as compact tensors; re-compacted only when one is fooled
-    idx = (margin > 0).nonzero().squeeze(1) if eot <= 1 else torch.arange(n, device=x.device)
+    idx = torch.arange(n, device=x.device) if full_budget else (margin > 0).nonzero().squeeze(1)
     xc, xb, yc, mc = x[idx], x_best[idx], y[idx], margin[idx]
     for it in range(n_queries):
         if not len(idx):
@@ -76,7 +79,7 @@ def square(model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, n_q
         mc = torch.where(better, new_margin, mc)
         # a randomized model is queried to the end: a margin just below 0 for these draws is a
         # coin flip for fresh ones, so the margin keeps being pushed down
-        done = (mc <= 0) if eot <= 1 else torch.zeros_like(better)
+        done = torch.zeros_like(better) if full_budget else (mc <= 0)
         if done.any():
             x_best[idx], margin[idx] = xb, mc
             keep = ~done
