@@ -89,6 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=12, help="N: the default sampler's budget (default 12)")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed+seeds-1")
     p.add_argument("--concurrency", type=int, default=2, help="trials asked before any is told (default 2)")
     p.add_argument("--eval-size", type=int, default=180)
     p.add_argument("--eval-steps", type=int, default=20)
@@ -97,7 +98,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--arms", default="tpe,random,asha",
                    help="comma-separated: tpe (the default sampler), random (N and 2N), asha (default sampler + "
-                        "ASHA, 2N trials), tpe_optuna_gamma (the default with Optuna's own gamma, a tenth)")
+                        "ASHA, 2N trials), gp and nsga2 (the --sampler choices), tpe_optuna_gamma (TPE with "
+                        "Optuna's own gamma, a tenth)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -106,13 +108,16 @@ def main(argv=None) -> int:
     print(f"search_efficiency: {args.method} on {args.dataset}, N={n}, {args.epochs} epochs/trial, "
           f"{args.concurrency} asked at a time, {args.seeds} seed(s); load average {os.getloadavg()[0]:.1f}", flush=True)
     table = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         t0 = time.time()
         tpe = search(args, make_sampler("tpe", seed, n), n, asha=False)
         row = {"seed": seed, "tpe_N": hv_at(tpe, n), "tpe_epochs": tpe[-1][0]}
         if "random" in arms:
             rnd = search(args, optuna.samplers.RandomSampler(seed=seed), 2 * n, asha=False)
             row.update(random_N=hv_at(rnd, n), random_2N=hv_at(rnd, 2 * n))
+        for name in ("gp", "nsga2"):
+            if name in arms:
+                row[f"{name}_N"] = hv_at(search(args, make_sampler(name, seed, n), n, asha=False), n)
         if "tpe_optuna_gamma" in arms:
             prev = make_sampler("tpe", seed, n)
             prev._gamma = None  # Optuna picks its own default on first use
@@ -138,6 +143,11 @@ def main(argv=None) -> int:
         wins = sum(r["tpe_N"] > r["random_N"] for r in table)
         print(f"  default beats random at equal budget in {wins}/{len(table)} seeds, "
               f"beats random with 2N in {sum(r['tpe_N'] > r['random_2N'] for r in table)}/{len(table)}")
+    for name in ("gp", "nsga2"):
+        if name in arms:
+            print(f"  {name} {med(name + '_N'):.4f} (− random {med(name + '_N') - med('random_N'):+.4f}, "
+                  f"beats random in {sum(r[name + '_N'] > r['random_N'] for r in table)}/{len(table)} seeds)"
+                  if "random" in arms else f"  {name} {med(name + '_N'):.4f}")
     if "tpe_optuna_gamma" in arms:
         print(f"  default with Optuna's gamma {med('tpe_optuna_gamma_N'):.4f}")
     if "asha" in arms:
