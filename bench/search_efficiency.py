@@ -1,5 +1,5 @@
 """How much front a search buys per trial: hypervolume of (clean, robust) accuracy reached by the
-default multi-objective sampler (``launcher.make_sampler("tpe")``) after N trials, against random
+default multi-objective sampler (``--sampler``'s default) after N trials, against random
 search with N and 2N trials, and the trial-epochs ASHA early stopping saves, over several seeds.
 
 The objective is in-process and faithful to a real search, without Ray's start-up: the same
@@ -34,9 +34,11 @@ from ray.tune.schedulers.async_hyperband import _Bracket  # noqa: E402
 import search_spaces  # noqa: E402
 from ray_overhead import bare_trial  # noqa: E402
 from raysearch import data as data_mod  # noqa: E402
-from raysearch.config import default_config  # noqa: E402
+from raysearch.config import ExperimentConfig, default_config  # noqa: E402
 from raysearch.launcher import make_sampler  # noqa: E402
 from raysearch.pareto import hypervolume_2d  # noqa: E402
+
+DEFAULT = ExperimentConfig.__dataclass_fields__["sampler"].default  # what --sampler defaults to
 
 
 @dataclasses.dataclass
@@ -96,36 +98,32 @@ def main(argv=None) -> int:
     p.add_argument("--grace-period", type=int, default=1)
     p.add_argument("--reduction-factor", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--arms", default="tpe,random,asha",
-                   help="comma-separated: tpe (the default sampler), random (N and 2N), asha (default sampler + "
-                        "ASHA, 2N trials), gp and nsga2 (the --sampler choices), tpe_optuna_gamma (TPE with "
-                        "Optuna's own gamma, a tenth)")
+    p.add_argument("--arms", default="random,tpe,asha",
+                   help="comma-separated, besides the default sampler: random (N and 2N trials), tpe, gp, nsga2 "
+                        "(the other --sampler choices, N trials), asha (default sampler + ASHA, 2N trials)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n = args.trials
-    arms = set(args.arms.split(","))
+    arms = [a for a in args.arms.split(",") if a and a != DEFAULT]
     print(f"search_efficiency: {args.method} on {args.dataset}, N={n}, {args.epochs} epochs/trial, "
-          f"{args.concurrency} asked at a time, {args.seeds} seed(s); load average {os.getloadavg()[0]:.1f}", flush=True)
+          f"{args.concurrency} asked at a time, default sampler {DEFAULT}, seeds {args.first_seed}.."
+          f"{args.first_seed + args.seeds - 1}; load average {os.getloadavg()[0]:.1f}", flush=True)
     table = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         t0 = time.time()
-        tpe = search(args, make_sampler("tpe", seed, n), n, asha=False)
-        row = {"seed": seed, "tpe_N": hv_at(tpe, n), "tpe_epochs": tpe[-1][0]}
+        default = search(args, make_sampler(DEFAULT, seed, n), n, asha=False)
+        row = {"seed": seed, "default_N": hv_at(default, n)}
         if "random" in arms:
             rnd = search(args, optuna.samplers.RandomSampler(seed=seed), 2 * n, asha=False)
             row.update(random_N=hv_at(rnd, n), random_2N=hv_at(rnd, 2 * n))
-        for name in ("gp", "nsga2"):
+        for name in ("tpe", "gp", "nsga2"):
             if name in arms:
                 row[f"{name}_N"] = hv_at(search(args, make_sampler(name, seed, n), n, asha=False), n)
-        if "tpe_optuna_gamma" in arms:
-            prev = make_sampler("tpe", seed, n)
-            prev._gamma = None  # Optuna picks its own default on first use
-            row["tpe_optuna_gamma_N"] = hv_at(search(args, prev, n, asha=False), n)
         if "asha" in arms:
-            asha = search(args, make_sampler("tpe", seed, 2 * n), 2 * n, asha=True)
+            asha = search(args, make_sampler(DEFAULT, seed, 2 * n), 2 * n, asha=True)
             row.update(asha_N=hv_at(asha, n), asha_epochs_N=asha[min(n, len(asha)) - 1][0],
-                       asha_epochs_to_tpe=epochs_to_reach(asha, row["tpe_N"]), asha_2N=hv_at(asha, 2 * n),
+                       asha_epochs_to_default=epochs_to_reach(asha, row["default_N"]), asha_2N=hv_at(asha, 2 * n),
                        asha_epochs_2N=asha[-1][0])
         table.append(row)
         print(f"seed {seed} ({time.time() - t0:.0f}s): " + "  ".join(
@@ -135,28 +133,25 @@ def main(argv=None) -> int:
         vals = [r[key] for r in table if r.get(key) is not None]
         return statistics.median(vals) if vals else float("nan")
 
-    print(f"\nhypervolume after N={n} trials (median over {args.seeds} seeds): default {med('tpe_N'):.4f}")
+    def versus(key, other):
+        diffs = [r[key] - r[other] for r in table]
+        return (f"{sum(d > 0 for d in diffs)}/{len(diffs)} seeds, mean {statistics.mean(diffs):+.4f}, "
+                f"median {statistics.median(diffs):+.4f}")
+
+    print(f"\nhypervolume after N={n} trials (median over {len(table)} seeds): default ({DEFAULT}) {med('default_N'):.4f}")
     if "random" in arms:
-        print(f"  random {med('random_N'):.4f} (default − random {med('tpe_N') - med('random_N'):+.4f}); "
-              f"random with 2N={2 * n}: {med('random_2N'):.4f}; mean default − random "
-              f"{statistics.mean(r['tpe_N'] - r['random_N'] for r in table):+.4f}")
-        wins = sum(r["tpe_N"] > r["random_N"] for r in table)
-        print(f"  default beats random at equal budget in {wins}/{len(table)} seeds, "
-              f"beats random with 2N in {sum(r['tpe_N'] > r['random_2N'] for r in table)}/{len(table)}")
-    for name in ("gp", "nsga2"):
+        print(f"  random {med('random_N'):.4f}; default beats it in {versus('default_N', 'random_N')}")
+        print(f"  random with 2N={2 * n}: {med('random_2N'):.4f}; default beats it in {versus('default_N', 'random_2N')}")
+    for name in ("tpe", "gp", "nsga2"):
         if name in arms:
-            print(f"  {name} {med(name + '_N'):.4f} (− random {med(name + '_N') - med('random_N'):+.4f}, "
-                  f"beats random in {sum(r[name + '_N'] > r['random_N'] for r in table)}/{len(table)} seeds)"
-                  if "random" in arms else f"  {name} {med(name + '_N'):.4f}")
-    if "tpe_optuna_gamma" in arms:
-        print(f"  default with Optuna's gamma {med('tpe_optuna_gamma_N'):.4f}")
+            print(f"  {name} {med(name + '_N'):.4f}; default beats it in {versus('default_N', name + '_N')}")
     if "asha" in arms:
-        reached = [r for r in table if r["asha_epochs_to_tpe"] is not None]
+        reached = [r["asha_epochs_to_default"] for r in table if r["asha_epochs_to_default"] is not None]
         print(f"ASHA (grace {args.grace_period}, reduction {args.reduction_factor:g}): N trials cost "
               f"{med('asha_epochs_N'):.0f} trial-epochs vs {n * args.epochs} without, hypervolume {med('asha_N'):.4f}; "
-              f"reached the no-ASHA N-trial hypervolume in {len(reached)}/{len(table)} seeds, after "
-              f"{statistics.median([r['asha_epochs_to_tpe'] for r in reached]) if reached else float('nan'):.0f} "
-              f"trial-epochs (saving {n * args.epochs - statistics.median([r['asha_epochs_to_tpe'] for r in reached]) if reached else float('nan'):.0f})")
+              f"reached the no-ASHA N-trial hypervolume in {len(reached)}/{len(table)} seeds"
+              + (f", after {statistics.median(reached):.0f} trial-epochs (saving {n * args.epochs - statistics.median(reached):.0f})"
+                 if reached else ""))
     return 0
 
 

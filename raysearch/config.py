@@ -24,7 +24,7 @@ class ExperimentConfig:
     data_dir: str = "data"
     download: bool = False
     arch: str = "auto"
-    sampler: str = "tpe"
+    sampler: str = "gp"
     num_samples: int = 12
     seed: int = 0
     max_epochs: int = 8

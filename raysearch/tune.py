@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="download CIFAR/SVHN into --data-dir if absent")
     p.add_argument("--arch", default="auto", help=f"classifier: auto, {', '.join(ARCHS)} (auto: small_cnn for "
                                                   "digits, preact18 otherwise)")
-    p.add_argument("--sampler", default="tpe", help=f"Optuna sampler: {', '.join(SAMPLERS)} (default tpe)")
+    p.add_argument("--sampler", default="gp", help=f"Optuna sampler: {', '.join(SAMPLERS)} (default gp)")
     p.add_argument("--num-samples", type=int, default=12, help="trials to run (default 12)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--max-epochs", type=int, default=8, help="training epochs per trial (default 8)")
