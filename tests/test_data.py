@@ -48,6 +48,21 @@ def test_digits_splits_are_disjoint_and_fixed():
     assert d1.train.images().min() >= 0 and d1.train.images().max() == 1
 
 
+def test_digits_are_scikit_learns_digits():
+    """Read from scikit-learn's file without importing it: the same images and labels."""
+    from sklearn.datasets import load_digits
+
+    ref = load_digits()
+    d = data.load("digits")
+    x = torch.cat([d.train.x, d.val.x, d.test.x]).flatten(1).numpy()
+    y = torch.cat([d.train.y, d.val.y, d.test.y]).numpy()
+    order = np.lexsort(np.c_[x, y].T)
+    ref_x = ref.images.reshape(len(ref.target), -1)
+    ref_order = np.lexsort(np.c_[ref_x, ref.target].T)
+    assert np.array_equal(x[order], ref_x[ref_order]) and np.array_equal(y[order], ref.target[ref_order])
+    assert d.train.scale == 16.0 and d.test.images().max() == 1.0
+
+
 def test_cifar10_from_files_in_torchvision_format(tmp_path):
     write_cifar10(tmp_path, n=220)
     d = data.load("cifar10", tmp_path)
