@@ -37,7 +37,8 @@ def cheap(name: str, **params) -> A.AttackSpec:
     """A registered attack with smaller settings, for mechanism tests of the evaluation (the
     reported suite always uses the registry's settings)."""
     a = A.ATTACKS[name]
-    return dataclasses.replace(a, params=MappingProxyType({**a.params, **params}))
+    rand = None if a.randomized is None else MappingProxyType({**a.randomized, **params})
+    return dataclasses.replace(a, params=MappingProxyType({**a.params, **params}), randomized=rand)
 
 
 PGD = cheap("pgd_ce", steps=20, restarts=1)
@@ -246,7 +247,7 @@ def test_randomized_predictor_gets_autoattacks_rand_protocol(robust_model, test_
     noisy.register_forward_hook(lambda m, i, o: sizes.append(len(i[0])))
     xs, ys = x[:10], y[:10]
     A.run(cheap("square", n_queries=25), noisy, xs, ys, 0.2, eot=20, randomized=True)
-    assert sizes == [10] * 26  # the start, then 25 queries of every image, one draw each
+    assert sizes == [10] * 26, sizes  # the start, then 25 queries of every image, one draw each
     sizes.clear()
     A.run(cheap("pgd_ce", steps=3), noisy, xs, ys, 0.2, eot=20, randomized=True)
     assert len(sizes) <= 5 and max(sizes) == 200  # one restart: 3 steps (+ final check) of 20 draws
