@@ -160,6 +160,7 @@ def main(argv=None) -> int:
             rows.append((bare, ray_r))
             print(f"[{i + 1}] bare {bare:.1f}s | trial {ray_r['trial_s']:.1f}s (worker's epochs {ray_r['work_s']:.1f}s), "
                   f"search call {ray_r['call_s']:.1f}s | ratio trial/bare {ray_r['trial_s'] / bare:.3f}, "
+                  f"training (worker's epochs)/bare {ray_r['work_s'] / bare:.3f}, "
                   f"trial/its own epochs {ray_r['trial_s'] / ray_r['work_s']:.3f}, "
                   f"call/bare {ray_r['call_s'] / bare:.3f} | start-up {ray_r['startup_s']:.1f}s = driver "
                   f"{ray_r['driver']:.1f} + imports {ray_r['imports']:.1f} + setup {ray_r['setup']:.1f}; "
@@ -167,6 +168,8 @@ def main(argv=None) -> int:
                   f"load {os.getloadavg()[0]:.1f}", flush=True)
     ratios = [r["trial_s"] / b for b, r in rows]
     fixed = [r["trial_s"] - b for b, r in rows]
+    print(f"median ratio of the training work, worker's epochs/bare: "
+          f"{statistics.median(r['work_s'] / b for b, r in rows):.3f}")
     print(f"median ratio trial/bare {statistics.median(ratios):.3f}; fixed cost per trial (trial − bare) "
           f"{statistics.median(fixed):.1f}s; start-up to first step {statistics.median(r['startup_s'] for _, r in rows):.1f}s")
     return 0
