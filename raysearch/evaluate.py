@@ -13,8 +13,8 @@ Honesty rules:
   is called ceil(eot / k) times. The mean single-call clean accuracy is reported beside it.
 * Predictors with a BPDA pipeline are attacked through the real backward pass *and* through
   BPDA with every white-box attack (only the seen ones if the predictor is also randomized);
-  each is a row, and every aggregate takes the worst case over them. Randomized predictors get the attack settings of AutoAttack's rand version
-  (see ``raysearch.attacks``).
+  each is a row, and every aggregate takes the worst case over them. Randomized predictors
+  get the attack settings of AutoAttack's rand version (see ``raysearch.attacks``).
 * An image counts as robust to an attack only if it is classified correctly both clean and
   attacked. Per family the number is the per-image worst case over the family's attacks and
   variants; over seen attacks the per-image worst case ("worst_seen"), over unseen attacks the
@@ -193,18 +193,17 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
         raise EvalError(f"eot must be >= 1, got {eot}")
     suite, _ = expand_attacks(attacks)
     eps_eval = spec.eps_eval if eps_eval is None else float(eps_eval)
-    draws = pred.calls(eot)  # calls per gradient and per score; each averages pred.draws_per_call draws
+    calls = pred.calls(eot)  # per gradient and per score; each averages pred.draws_per_call draws
     if pred.randomized and eot < DEFAULT_EOT:
         log.warning("randomized predictor attacked with EOT %d < %d draws: gradients and scores are "
                     "noisier than the standard protocol", eot, DEFAULT_EOT)
     model = pred.model
     with torch.no_grad():
         if pred.randomized:
-            per_draw = np.mean([(core.predict(model, x, 1) == y).float().mean().item() for _ in range(draws)])
-        clean = core.predict(model, x, draws) == y
+            per_draw = np.mean([(core.predict(model, x, 1) == y).float().mean().item() for _ in range(calls)])
+        clean = core.predict(model, x, calls) == y
     rep = PredictorReport(len(y), clean, float(per_draw) if pred.randomized else float(clean.float().mean()),
-                          pred.randomized, draws * pred.draws_per_call if pred.randomized else 1,
-                          draws_per_call=pred.draws_per_call)
+                          pred.randomized, pred.draws(eot), draws_per_call=pred.draws_per_call)
     if not pred.randomized and _randomness_leak(model, x[: min(len(x), 64)]):
         rep.flags.append(FLAG_RANDOM)
     idx = clean.nonzero().squeeze(1)
@@ -213,7 +212,7 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
     def score(x_adv: torch.Tensor) -> torch.Tensor:
         robust = torch.zeros_like(clean)
         if len(idx):
-            robust[idx] = core.predict(model, x_adv, draws) == yc
+            robust[idx] = core.predict(model, x_adv, calls) == yc
         return robust
 
     def say(msg: str) -> None:
@@ -230,11 +229,11 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
         elif pred.randomized and attack.randomized is None:
             continue  # not part of the protocol for randomized predictors (AutoAttack's rand version)
         else:
-            variants = [("", model, draws)]
+            variants = [("", model, calls)]
             # BPDA on every white-box attack; on a randomized predictor (20 draws per gradient)
             # on the seen ones, which the robust accuracy is taken from
             if pred.bpda is not None and attack.gradient and (attack.threat == A.SEEN or not pred.randomized):
-                variants.append(("+bpda", pred.bpda, draws))
+                variants.append(("+bpda", pred.bpda, calls))
         rand = pred.randomized and not attack.surrogate
         for suffix, target, k in variants:
             t0 = time.perf_counter()
@@ -248,7 +247,7 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
     for name, fn in (extra or {}).items():
         variants = [("", model)] + ([("+bpda", pred.bpda)] if pred.bpda is not None else [])
         for suffix, target in variants:
-            target = core.MeanOfDraws(target, draws) if draws > 1 else target
+            target = core.MeanOfDraws(target, calls) if calls > 1 else target
             t0 = time.perf_counter()
             x_adv = _attack_images(lambda m, xb, yb, e, eot, seed: fn(m, xb, yb, e), target, xc, yc,
                                    eps_eval, 1, seed, batch_size)
@@ -447,6 +446,12 @@ class TrialOutcome:
     seconds: float
     error: str = ""
 
+    @classmethod
+    def failure(cls, trial_id: str, exc: BaseException, seconds: float) -> "TrialOutcome":
+        """The outcome of a trial whose evaluation raised (or whose task died): one line why."""
+        msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return cls(trial_id, None, [], f"trial {trial_id}: final evaluation failed: {msg}", seconds, error=msg)
+
 
 def plan(exp_dir: Path, trial_ids, subset, eot, attacks, seed, data_dir, front, batch_size, device,
          threads) -> tuple[list[TrialJob], list[dict]]:
@@ -549,9 +554,7 @@ def safe_evaluate_trial(job: TrialJob, progress: Callable[[str], None] | None = 
         return evaluate_trial(job, progress)
     except Exception as e:  # any failure of one trial's suite: report it, keep the others
         log.debug("trial %s: final evaluation failed", job.trial_id, exc_info=True)
-        msg = f"{type(e).__name__}: {e}".splitlines()[0]
-        return TrialOutcome(job.trial_id, None, [], f"trial {job.trial_id}: final evaluation failed: {msg}",
-                            time.perf_counter() - t0, error=msg)
+        return TrialOutcome.failure(job.trial_id, e, time.perf_counter() - t0)
 
 
 def write_results(exp_dir: Path, rows: list[dict], outcomes: list[TrialOutcome], subset_n: int, eot: int,

@@ -543,9 +543,7 @@ def ray_runner(exp: ExperimentConfig, heartbeat_s: float = 60.0):
             try:
                 out = ray.get(ready[0])
             except Exception as e:  # the task's process died (OOM, node lost): report, keep the rest
-                msg = f"{type(e).__name__}: {e}".splitlines()[0]
-                out = evaluate.TrialOutcome(job.trial_id, None, [], f"trial {job.trial_id}: final evaluation "
-                                            f"failed: {msg}", time.time() - t0, error=msg)
+                out = evaluate.TrialOutcome.failure(job.trial_id, e, time.time() - t0)
             done += 1
             state = (f"worst seen {out.report.accuracy('worst_seen'):.3f}" if out.report is not None
                      else f"FAILED ({out.error})")

@@ -158,7 +158,7 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
             "clean_acc": correct / max(n, 1),
             "robust_acc": robust / max(n, 1),
             "eval_n": int(n),
-            "eval_eot": pred.calls(exp["eval_eot"]) * pred.draws_per_call if pred.randomized else 1,
+            "eval_eot": pred.draws(exp["eval_eot"]),
             "train_s": train_s,
             "eval_s": time.time() - t1,
             "nodes": nodes,

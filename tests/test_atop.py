@@ -87,7 +87,7 @@ def test_bpda_variant_passes_the_classifier_gradient_straight_through(digits, pr
     cfg = dataclasses.replace(cfg, n_masks=3)
     pred = DEFENSE.predictor(nets, cfg)
     assert pred.bpda is not None and pred.draws_per_call == 3
-    assert [pred.calls(e) for e in (20, 3, 1)] == [7, 1, 1]
+    assert [pred.calls(e) for e in (20, 3, 1)] == [7, 1, 1] and pred.draws(20) == 21
     x, y = digits.val.images(torch.arange(16)), digits.val.y[:16]
     xb = x.clone().requires_grad_(True)
     torch.manual_seed(5)

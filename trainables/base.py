@@ -94,6 +94,11 @@ class Predictor:
         """Calls that give at least ``eot`` random draws (1 for a deterministic predictor)."""
         return -(-max(1, eot) // max(1, self.draws_per_call)) if self.randomized else 1
 
+    def draws(self, eot: int) -> int:
+        """Random draws those ``calls(eot)`` make (1 for a deterministic predictor): what an
+        EOT budget of ``eot`` is recorded as."""
+        return self.calls(eot) * self.draws_per_call if self.randomized else 1
+
 
 @dataclass
 class StepContext:
