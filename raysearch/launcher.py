@@ -45,11 +45,14 @@ class LaunchError(Exception):
 # ---------------------------------------------------------------- the Tune trial (Train driver)
 
 def run_trial(config: dict[str, Any], exp: dict[str, Any]) -> None:
-    """Tune function trainable: drives one TorchTrainer and re-emits its final metrics, so the
-    last result Optuna sees is the trial's (RAY.md: after a resume Tune's last result can lag)."""
-    from ray.train.torch import TorchTrainer
+    """Tune function trainable: drives one Ray Train run (``TorchTrainer``'s, with the process
+    group set up by ``raysearch.ddp``, so the Train controller does not import torch) and re-emits
+    its final metrics, so the last result Optuna sees is the trial's (RAY.md: after a resume
+    Tune's last result can lag)."""
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from raysearch.ddp import LeanTorchConfig
     from raysearch.worker import train_loop
 
     trial_id = ray.tune.get_context().get_trial_id()
@@ -58,9 +61,10 @@ def run_trial(config: dict[str, Any], exp: dict[str, Any]) -> None:
     per_worker = {"CPU": exp["cpus_per_worker"]}
     if use_gpu:
         per_worker["GPU"] = exp["gpus_per_worker"]
-    trainer = TorchTrainer(
+    trainer = DataParallelTrainer(
         train_loop,
         train_loop_config={"method": exp["method"], "experiment": exp, "sampled": config, "trial_id": trial_id},
+        backend_config=LeanTorchConfig(),
         scaling_config=ray.train.ScalingConfig(num_workers=exp["workers_per_trial"], use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
