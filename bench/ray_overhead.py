@@ -21,7 +21,8 @@ Two numbers, kept apart because they scale differently:
 
 for the first trial of a search and for later ones (``--later-trials``), which start in the first
 one's driver process. Both sides use the same number of torch threads (a Ray worker with 1 CPU
-gets 1 thread).
+gets 1 thread) and the same glibc malloc settings: a search gives its Ray workers
+``raysearch.perf.ALLOCATOR_ENV``, so this script re-executes itself with them for the bare loop.
 
     .venv/bin/python bench/ray_overhead.py                   # ≈ 60 s of work per side
     .venv/bin/python bench/ray_overhead.py --epochs 4 --repeats 1 --later-trials 0   # quick look
@@ -150,6 +151,9 @@ def run_ray(args, root: Path, name: str) -> list[dict]:
 
 
 def main(argv=None) -> int:
+    missing = perf.allocator_env(os.environ)
+    if missing and argv is None:  # glibc reads them at process start: the bare loop's side must too
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **missing})
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--method", default="pgd_at")
     p.add_argument("--epochs", type=int, default=40, help="epochs per side (default 40: ≈60 s of PGD-AT on digits)")
@@ -168,7 +172,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     print(f"ray_overhead: {args.method} on digits, {args.epochs} epochs, eval {args.eval_size} images × "
           f"PGD-{args.eval_steps}, {args.threads} thread(s); {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f}", flush=True)
+          f"{os.getloadavg()[0]:.1f}; malloc "
+          f"{' '.join(f'{k}={v}' for k, v in os.environ.items() if k.startswith('MALLOC_')) or 'defaults'}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):

@@ -1,5 +1,6 @@
 """Ray glue of a search: connect to Ray, build the Optuna searcher and the Tuner, run one Ray
-Train ``TorchTrainer`` per trial, keep the Parquet store current, print the front.
+Train run of torch DDP workers per trial (``raysearch.ddp`` sets up their process group), keep
+the Parquet store current, print the front.
 
 Resources: a Tune trial is only the Train driver and reserves nothing; its Train workers
 reserve the CPUs/GPUs in their own placement group; concurrency is derived from the cluster's
@@ -29,7 +30,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 import search_spaces
 from raysearch import data as data_mod
-from raysearch import store, trial_io
+from raysearch import perf, store, trial_io
 from raysearch.config import ExperimentConfig, default_config, trial_config
 from raysearch.pareto import hypervolume_2d, pareto_mask
 
@@ -338,6 +339,7 @@ def connect(exp: ExperimentConfig) -> str:
         # a local machine is never preempted: skip Ray Train's per-trial watcher actor (one
         # process start fewer per trial); on a cluster of spot nodes it is what drains in time
         env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    env.update(perf.allocator_env(os.environ))
     # a reused driver actor waits this long (s) for the previous trial's thread to return; Tune's
     # 2 s can pass on a loaded machine, and a failed reset fails the next trial
     env["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")

@@ -29,6 +29,23 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+# glibc malloc in every Ray worker of a search (set through the job's runtime environment, where
+# the user has not set them): allocations under 32 MiB (every activation and gradient of the models
+# here) come from the heap and freed memory is kept rather than returned to the OS. With glibc's
+# defaults a fresh worker process maps and unmaps large tensors while its dynamic threshold adapts
+# and then trims the heap, so pages are faulted in again every step: on the 2-core reference
+# machine that cost PGD-AT epochs 15-20% in the Train worker against the same loop elsewhere
+# (bench/ray_overhead.py). 32 MiB is the ceiling glibc's own dynamic threshold moves to.
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2 ** 20), "MALLOC_TRIM_THRESHOLD_": str(2 ** 30)}
+
+
+def allocator_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``ALLOCATOR_ENV``, unless ``environ`` already tunes glibc malloc (the user's choice wins)."""
+    if any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in environ):
+        return {}
+    return dict(ALLOCATOR_ENV)
+
+
 DATA_ON_DEVICE = ("auto", "on", "off")
 AUTO_DEVICE_BYTES = 64 * 2 ** 20  # training split (uint8) held on the GPU when "auto"
 

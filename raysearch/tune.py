@@ -1,6 +1,6 @@
 """``python -m raysearch.tune --method M``: a multi-objective hyperparameter search of one defense.
 
-Every trial is a Ray Train ``TorchTrainer`` run (DDP workers on CPU or GPU) driven by a Ray Tune
+Every trial is a Ray Train run of torch DDP workers (CPU or GPU; ``raysearch.ddp``) driven by a Ray Tune
 function trainable; Ray Tune's ``OptunaSearch`` samples the method's search space, maximizing
 clean accuracy and seen-attack (L∞ PGD) robust accuracy. Results go to
 ``<storage-path>/<name>/{trials,evals}.parquet`` and ``experiment.json``; at the end the Pareto

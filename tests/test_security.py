@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from raysearch import components, data, trial_io
+from raysearch import components, data, perf, trial_io
 from raysearch.config import default_config
 from tests.conftest import ROOT
 from trainables.base import Component
@@ -80,12 +80,14 @@ def test_a_cached_component_carrying_pickled_code_is_refused(tmp_path):
 
 
 LISTENERS = """
-import json, ray, psutil  # psutil: the copy bundled with Ray
+import json, os, ray, psutil  # psutil: the copy bundled with Ray
 from raysearch import launcher
 from raysearch.config import ExperimentConfig
 
 launcher.connect(ExperimentConfig(method="standard"))
-where = ray.get(ray.remote(lambda: ray.util.get_node_ip_address()).remote())  # a worker listens too
+# a worker listens too; it also shows the environment the search gives every Ray worker
+where, env = ray.get(ray.remote(lambda: (ray.util.get_node_ip_address(),
+                                         {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")})).remote())
 me = psutil.Process()
 listening = []
 for p in [me, *me.children(recursive=True)]:
@@ -94,25 +96,44 @@ for p in [me, *me.children(recursive=True)]:
                       if c.status == psutil.CONN_LISTEN]
     except psutil.NoSuchProcess:
         pass
-print("RESULT" + json.dumps({"worker_ip": where, "nodes": [n["NodeManagerAddress"] for n in ray.nodes()],
+print("RESULT" + json.dumps({"worker_ip": where, "worker_malloc": env, "nodes": [n["NodeManagerAddress"] for n in ray.nodes()],
                              "listening": listening}))
 ray.shutdown()
 """
 
 
-@pytest.mark.slow
-def test_a_local_ray_started_by_the_cli_listens_on_loopback_only():
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+@pytest.fixture(scope="module")
+def local_ray_facts():
+    """What a local Ray started as the CLI starts it shows: its listeners, a worker's IP and malloc
+    environment (one Ray start for the tests below)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") and not k.startswith("MALLOC_")}
     proc = subprocess.run([sys.executable, "-c", LISTENERS], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    got = json.loads(proc.stdout.split("RESULT", 1)[1])
+    return json.loads(proc.stdout.split("RESULT", 1)[1])
+
+
+@pytest.mark.slow
+def test_a_local_ray_started_by_the_cli_listens_on_loopback_only(local_ray_facts):
+    got = local_ray_facts
     assert got["nodes"] == ["127.0.0.1"] and got["worker_ip"] == "127.0.0.1"
     names = {name for name, _, _ in got["listening"]}
     assert {"gcs_server", "raylet"} <= names  # the listeners of Ray's own servers were seen
     loopback = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
     exposed = [entry for entry in got["listening"] if entry[1] not in loopback]
     assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+@pytest.mark.slow
+def test_ray_workers_get_the_allocator_settings(local_ray_facts):
+    assert local_ray_facts["worker_malloc"] == perf.ALLOCATOR_ENV
+
+
+def test_a_users_own_malloc_tuning_wins():
+    assert perf.allocator_env({"PATH": "/bin"}) == perf.ALLOCATOR_ENV
+    assert perf.allocator_env({"MALLOC_ARENA_MAX": "2"}) == {}
+    assert perf.allocator_env({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}) == {}
 
 
 def test_the_dashboard_reads_nothing_outside_its_results_root(tmp_path):
