@@ -11,6 +11,7 @@ sharing are Ray's.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import ray
@@ -65,11 +66,12 @@ class _LeanTorchBackend(Backend):
         from ray.exceptions import GetTimeoutError
 
         futures = worker_group.execute_async(_shutdown, destroy_process_group=len(worker_group) > 1)
+        timeout_s = ray_constants.env_integer(TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S,
+                                              DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S)
         try:
-            ray.get(futures, timeout=ray_constants.env_integer(TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S,
-                                                               DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S))
-        except GetTimeoutError:
-            pass  # as Ray's: a hung shutdown must not keep the trial's result from the driver
+            ray.get(futures, timeout=timeout_s)
+        except GetTimeoutError:  # as Ray's: a hung shutdown must not keep the trial's result from the driver
+            logging.getLogger(__name__).warning("torch process group shutdown timed out after %s s", timeout_s)
 
 
 # ---------------------------------------------------------------- run on the workers
