@@ -30,6 +30,7 @@ gets 1 thread) and the same glibc malloc settings: a search gives its Ray worker
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -66,12 +67,8 @@ def bare_trial(method: str, sampled: dict, sets: dict, epochs: int, eval_size: i
     for m in nets.values():
         m.to(device)
 
-    def batches(batch_size):
-        perm = torch.randperm(len(data.train.y))
-        for i in range(0, len(perm), batch_size):
-            idx = perm[i:i + batch_size]
-            yield data.train.images(idx).to(device), data.train.y[idx].to(device)
-
+    batches = functools.partial(data_mod.shuffled_batches, data.train, device=device, augment=data.augment,
+                                flip=data.flip)  # as the worker's, for component pre-training
     comps = defense.pretrained(cfg, spec)
     if comps:
         components.ensure(method, comps, nets, cfg, spec, Path(storage or tempfile.mkdtemp()), batches, device)
@@ -139,7 +136,7 @@ def run_ray(args, root: Path, name: str) -> list[dict]:
         # epoch 1's report to the last epoch's, as the trial's driver received them, and the
         # worker's own training + proxy-evaluation seconds in those epochs
         steady = epochs[-1]["time_total_s"] - epochs[0]["time_total_s"]
-        out.append({"status": row["status"], "trial_s": row["finished_at"] - row["started_at"], "steady_s": steady,
+        out.append({"trial_s": row["finished_at"] - row["started_at"], "steady_s": steady,
                     "own_s": sum(r["train_s"] + r["eval_s"] for r in epochs[1:]),
                     "driver": first["worker_started_at"] - row["started_at"],
                     "imports": first["loop_started_at"] - first["worker_started_at"],

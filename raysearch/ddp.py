@@ -31,7 +31,7 @@ class LeanTorchConfig(BackendConfig):
 
     @property
     def train_func_context(self):
-        return _CudaDevice
+        return _cuda_device
 
     @property
     def framework(self):
@@ -98,14 +98,9 @@ def _shutdown(destroy_process_group: bool) -> None:
     _shutdown_torch(destroy_process_group=destroy_process_group)
 
 
-class _CudaDevice:
-    """Each worker's current CUDA device is its own (Ray's ``TorchConfigContextManager``)."""
+def _cuda_device():
+    """Ray's ``TorchConfigContextManager``, imported on the worker: each worker's current CUDA
+    device is its own."""
+    from ray.train.torch.config import TorchConfigContextManager
 
-    def __enter__(self):
-        from ray.train.torch.config import TorchConfigContextManager
-
-        self._inner = TorchConfigContextManager()
-        return self._inner.__enter__()
-
-    def __exit__(self, *exc):
-        return self._inner.__exit__(*exc)
+    return TorchConfigContextManager()
