@@ -1,17 +1,16 @@
-"""The results store: the contract between a search and everything that reads it.
+"""The results store: reading and writing an experiment's files, atomically.
 
 ``<storage>/<experiment>/`` holds Ray's own state plus three files:
 
-* ``trials.parquet`` — one row per trial: ids, method, dataset, status (and the reason when it
-  failed), every hyperparameter as its own typed ``hp_<field>`` column, final clean and
-  seen-attack accuracy, epochs, wall-clock and device-seconds.
-* ``evals.parquet`` — long format, one row per (trial, stage, epoch, attack): ``stage`` is
-  ``"trial"`` (the cheap per-epoch proxy) or ``"final"`` (the full suite after the search).
+* ``trials.parquet`` — one row per trial (columns: ``raysearch.schema.TRIAL_COLUMNS``);
+* ``evals.parquet`` — one row per (trial, stage, epoch, attack) (``raysearch.schema.EVAL_COLUMNS``);
 * ``experiment.json`` — the experiment config, search space, objectives, library versions, git
-  revision and hardware.
+  revision (and whether the tree was dirty) and hardware.
 
 Every write goes to a temporary file in the same folder and is renamed over the old one, so a
-reader sees the old file or the new one, never half of one. Numbers are stored as numbers.
+reader sees the old file or the new one, never half of one. Rows are checked against the schema
+before anything is written; numbers are stored as numbers, each declared column with its
+declared type.
 """
 from __future__ import annotations
 
@@ -22,73 +21,38 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+from raysearch.schema import SCHEMA_VERSION, Column, check_row, columns_of
+
 TRIALS = "trials.parquet"
 EVALS = "evals.parquet"
 EXPERIMENT = "experiment.json"
-HP_PREFIX = "hp_"
 
-# status values in trials.parquet
-RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
-
-TRIAL_COLUMNS: dict[str, pa.DataType] = {
-    "schema_version": pa.int32(),
-    "experiment": pa.string(),
-    "trial_id": pa.string(),
-    "method": pa.string(),
-    "dataset": pa.string(),
-    "arch": pa.string(),
-    "status": pa.string(),
-    "error": pa.string(),
-    "clean_acc": pa.float64(),
-    "robust_acc": pa.float64(),
-    "eps_eval": pa.float64(),
-    "epochs": pa.int64(),
-    "wall_s": pa.float64(),
-    "device_s": pa.float64(),  # wall seconds × devices (GPUs, else CPU workers) held
-    "num_workers": pa.int64(),
-    "nodes": pa.string(),  # comma-separated node IPs the trial's workers ran on
-    "started_at": pa.float64(),  # unix seconds
-    "finished_at": pa.float64(),
-    "startup_s": pa.float64(),  # seconds from the trial's start to its first training step
-    "stopped_early": pa.bool_(),  # stopped by the early-stopping scheduler (its last epoch counts)
-}
-
-EVAL_COLUMNS: dict[str, pa.DataType] = {
-    "schema_version": pa.int32(),
-    "experiment": pa.string(),
-    "trial_id": pa.string(),
-    "method": pa.string(),
-    "dataset": pa.string(),
-    "stage": pa.string(),  # "trial" | "final"
-    "epoch": pa.int64(),  # -1 for the final stage
-    "attack": pa.string(),  # e.g. "clean", "pgd20_linf", "apgd_ce", "union_unseen"
-    "family": pa.string(),  # e.g. "clean", "pgd", "apgd", "square", "corruption", "worst_seen"
-    "threat": pa.string(),  # "clean" | "seen" | "unseen" | "check" (sanity sweeps, in no robust number)
-    "norm": pa.string(),  # "linf" | "l2" | "none" | ...
-    "eps": pa.float64(),  # NaN where a budget does not apply
-    "accuracy": pa.float64(),
-    "n": pa.int64(),
-    "eot_samples": pa.int64(),
-    "seconds": pa.float64(),
-}
+_ARROW = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "bool": pa.bool_()}
 
 
-def _table(rows: list[dict[str, Any]], columns: dict[str, pa.DataType]) -> pa.Table:
-    """Typed table: known columns get their declared type; extra columns (hyperparameters)
-    are inferred per column, so a float knob stays float even where some rows lack it."""
+def arrow_type(name: str, column: Column) -> pa.DataType:
+    return pa.int32() if name == "schema_version" else _ARROW[column.kind]
+
+
+def _table(rows: list[dict[str, Any]], kind: str) -> pa.Table:
+    """Typed table: declared columns get their declared type; ``hp_<field>`` columns are
+    inferred per column, so a float knob stays float even where some rows lack it."""
+    columns = columns_of(kind)
+    for row in rows:
+        check_row(row, kind)
     names = list(columns) + sorted({k for r in rows for k in r} - set(columns))
     arrays, fields = [], []
     for name in names:
         values = [r.get(name) for r in rows]
         if name in columns:
-            typ = columns[name]
+            typ = arrow_type(name, columns[name])
             if pa.types.is_floating(typ):
                 values = [math.nan if v is None else float(v) for v in values]
+            elif pa.types.is_string(typ):
+                values = [None if v is None else str(v) for v in values]
             arr = pa.array(values, type=typ)
         else:
             arr = _infer(values)
@@ -125,19 +89,18 @@ def atomic_write_bytes(path: Path, write) -> None:
         raise
 
 
-def write_parquet(path: Path, rows: list[dict[str, Any]], columns: dict[str, pa.DataType]) -> None:
-    table = _table(rows, columns)
+def _write(path: Path, rows: Iterable[dict[str, Any]], kind: str) -> None:
+    rows = [{**r, "schema_version": SCHEMA_VERSION} for r in rows]
+    table = _table(rows, kind)
     atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def write_trials(exp_dir: Path, rows: Iterable[dict[str, Any]]) -> None:
-    rows = [{"schema_version": SCHEMA_VERSION, **r} for r in rows]
-    write_parquet(Path(exp_dir) / TRIALS, rows, TRIAL_COLUMNS)
+    _write(Path(exp_dir) / TRIALS, rows, "trials")
 
 
 def write_evals(exp_dir: Path, rows: Iterable[dict[str, Any]]) -> None:
-    rows = [{"schema_version": SCHEMA_VERSION, **r} for r in rows]
-    write_parquet(Path(exp_dir) / EVALS, rows, EVAL_COLUMNS)
+    _write(Path(exp_dir) / EVALS, rows, "evals")
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -148,10 +111,6 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return read_table(path).to_pylist()
 
 
-def read_frame(path: Path) -> pd.DataFrame:
-    return read_table(path).to_pandas()
-
-
 def read_table(path: Path) -> pa.Table:
     """Read through one open file: by path, pyarrow may open it twice and pair one version's
     footer with the next version's data while a writer renames a new version in."""
@@ -159,10 +118,27 @@ def read_table(path: Path) -> pa.Table:
         return pq.read_table(fh)
 
 
+def read_frame(path: Path):
+    return read_table(path).to_pandas()
+
+
+def conform(frame, kind: str):
+    """A copy of a pandas frame read from a results file with every declared column of ``kind``
+    present (absent ones filled with their missing value, e.g. from a file written before the
+    column existed) and numbers as floats, so readers never patch columns themselves."""
+    import pandas as pd
+
+    frame = frame.copy()
+    for name, column in columns_of(kind).items():
+        if name not in frame:
+            frame[name] = column.missing
+        if column.kind in ("int", "float"):
+            frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(float)
+        elif column.kind == "str":
+            frame[name] = frame[name].astype(object).where(frame[name].notna(), "").astype(str)
+    return frame
+
+
 def write_json(path: Path, obj: dict[str, Any]) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True, default=str)
     atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def hp_columns(columns: Iterable[str]) -> list[str]:
-    return [c for c in columns if c.startswith(HP_PREFIX)]

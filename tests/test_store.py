@@ -5,6 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raysearch import store
+from raysearch.schema import SCHEMA_VERSION
 
 
 def test_trials_are_typed_and_hyperparameters_get_their_own_columns(tmp_path):
@@ -24,11 +25,11 @@ def test_trials_are_typed_and_hyperparameters_get_their_own_columns(tmp_path):
     back = store.read_rows(tmp_path / store.TRIALS)
     assert back[0]["hp_beta"] == 6.0 and back[1]["hp_beta"] == 2.0
     assert math.isnan(back[1]["clean_acc"]) and back[1]["error"] == "diverged"
-    assert back[0]["schema_version"] == store.SCHEMA_VERSION
+    assert back[0]["schema_version"] == SCHEMA_VERSION
 
 
 def test_a_crash_while_writing_leaves_the_old_file_whole(tmp_path):
-    store.write_evals(tmp_path, [{"trial_id": "a", "attack": "clean", "accuracy": 0.9}])
+    store.write_evals(tmp_path, [{"trial_id": "a", "attack": "clean", "accuracy": 0.9}])  # partial rows are fine
 
     class Boom(Exception):
         pass

@@ -1,0 +1,176 @@
+"""The results schema: every column of ``trials.parquet`` and ``evals.parquet`` with its type
+and unit, the vocabularies of their categorical columns, and one constructor per row kind.
+
+Whatever writes a row builds it here (``trial_row``, ``eval_row``) and the store refuses a
+row with a column not declared below (``check_row``); whatever reads the files gets every
+declared column, absent ones filled with their missing value (``raysearch.store.conform``).
+Accuracies are fractions in [0, 1], times are seconds, budgets are on the [0, 1] pixel scale.
+Pure Python: no pyarrow or pandas here, so the attack registry and the workers can use the
+vocabularies for nothing.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Mapping
+
+SCHEMA_VERSION = 1
+HP_PREFIX = "hp_"  # trials.parquet: one typed column per config field, "hp_<field>"
+
+
+class Status(StrEnum):
+    """Where a trial stands (``trials.parquet`` ``status``)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class Stage(StrEnum):
+    """Which evaluation produced an ``evals.parquet`` row."""
+
+    TRIAL = "trial"  # the cheap per-epoch proxy that steers the search (validation split)
+    FINAL = "final"  # the full attack suite after the search (test split)
+
+
+class Threat(StrEnum):
+    """An attack's relation to the trial's threat model (L∞ at ε_eval)."""
+
+    CLEAN = "clean"  # no attack
+    SEEN = "seen"  # L∞ at ε_eval: the threat model the defense trained for
+    UNSEEN = "unseen"  # another geometry (L2, flow, colour, DCT) or a natural corruption
+    CHECK = "check"  # sanity sweeps for the gradient-masking checks; in no robust number
+
+
+FRACTION, SECONDS, UNIX_SECONDS, EPOCHS, PIXEL_SCALE = (
+    "fraction in [0, 1]", "seconds", "unix seconds", "epochs", "[0, 1] pixel scale")
+KINDS = ("int", "float", "str", "bool")
+
+
+@dataclass(frozen=True)
+class Column:
+    kind: str  # one of KINDS
+    doc: str
+    unit: str = ""
+
+    @property
+    def missing(self) -> Any:
+        """The value of a row that has none: NaN for floats, None otherwise."""
+        return math.nan if self.kind == "float" else None
+
+
+def _c(kind: str, doc: str, unit: str = "") -> Column:
+    return Column(kind, doc, unit)
+
+
+TRIAL_COLUMNS: dict[str, Column] = {
+    "schema_version": _c("int", "version of this schema the row was written with"),
+    "experiment": _c("str", "experiment name (its folder under the storage path)"),
+    "trial_id": _c("str", "Ray Tune's trial id"),
+    "method": _c("str", "defense (a key of the defense registry)"),
+    "dataset": _c("str", "data set name"),
+    "arch": _c("str", "classifier architecture as given (auto: chosen per data set)"),
+    "status": _c("str", "one of Status"),
+    "error": _c("str", "why the trial failed, one line (failed trials only)"),
+    "clean_acc": _c("float", "per-epoch proxy: clean accuracy at the last epoch (validation split)", FRACTION),
+    "robust_acc": _c("float", "per-epoch proxy: seen-attack accuracy at the last epoch", FRACTION),
+    "eps_eval": _c("float", "L∞ radius of the seen attack", PIXEL_SCALE),
+    "epochs": _c("int", "epochs trained", EPOCHS),
+    "wall_s": _c("float", "wall-clock time of the trial", SECONDS),
+    "device_s": _c("float", "wall seconds × devices held (GPUs, else CPU workers)", SECONDS),
+    "num_workers": _c("int", "DDP workers of the trial"),
+    "nodes": _c("str", "comma-separated IPs of the nodes the trial's workers ran on"),
+    "node_ids": _c("str", "comma-separated Ray node ids (tell apart nodes that share an IP)"),
+    "started_at": _c("float", "when the trial started", UNIX_SECONDS),
+    "finished_at": _c("float", "when the trial ended", UNIX_SECONDS),
+    "startup_s": _c("float", "from the trial's start to its first training step", SECONDS),
+    "stopped_early": _c("bool", "stopped by the early-stopping scheduler (its last epoch counts)"),
+    "resumed_from": _c("int", "latest epoch a restarted worker group resumed from (0: never)", EPOCHS),
+    "checkpoint": _c("str", "folder of the trial's last checkpoint"),
+    "config_json": _c("str", "the trial's full config as JSON"),
+    "final_clean_acc": _c("float", "final suite: clean accuracy (test split)", FRACTION),
+    "final_worst_seen": _c("float", "final suite: per-image worst case over seen attacks", FRACTION),
+    "final_union_unseen": _c("float", "final suite: robust to every unseen attack, per image", FRACTION),
+    "masking_flags": _c("str", "final suite: ';'-joined gradient-masking flags ('' if none)"),
+}
+
+EVAL_COLUMNS: dict[str, Column] = {
+    "schema_version": _c("int", "version of this schema the row was written with"),
+    "experiment": _c("str", "experiment name"),
+    "trial_id": _c("str", "Ray Tune's trial id"),
+    "method": _c("str", "defense"),
+    "dataset": _c("str", "data set name"),
+    "stage": _c("str", "one of Stage"),
+    "epoch": _c("int", "epoch the proxy ran after; -1 for the final stage", EPOCHS),
+    "attack": _c("str", "attack or aggregate name, e.g. clean, pgd20_linf, apgd_ce, worst_seen"),
+    "family": _c("str", "attacks of one family are variants of one method, e.g. pgd, apgd, corruption"),
+    "threat": _c("str", "one of Threat"),
+    "norm": _c("str", "linf, l2, flow, colour, dct, none; mixed for aggregates"),
+    "eps": _c("float", "the attack's budget in its norm's units; NaN where none applies"),
+    "accuracy": _c("float", "accuracy on the n images", FRACTION),
+    "n": _c("int", "images evaluated"),
+    "eot_samples": _c("int", "random draws per gradient and score (1: deterministic predictor)"),
+    "seconds": _c("float", "time the attack took", SECONDS),
+}
+
+FINAL_EPOCH = -1  # evals.parquet epoch of final-stage rows
+
+
+class SchemaError(ValueError):
+    """A row that does not fit the schema: a bug in whatever built it."""
+
+
+def columns_of(kind: str) -> dict[str, Column]:
+    """The columns of "trials" or "evals"."""
+    if kind == "trials":
+        return TRIAL_COLUMNS
+    if kind == "evals":
+        return EVAL_COLUMNS
+    raise SchemaError(f"unknown row kind {kind!r}; known: trials, evals")
+
+
+def check_row(row: Mapping[str, Any], kind: str) -> None:
+    """Raise SchemaError for a column not declared for ``kind`` (trials may add ``hp_<field>``
+    columns) and for an accuracy outside [0, 1]."""
+    columns = columns_of(kind)
+    for name, value in row.items():
+        column = columns.get(name)
+        if column is None:
+            if kind == "trials" and name.startswith(HP_PREFIX):
+                continue
+            raise SchemaError(f"{kind}: column {name!r} is not declared in raysearch.schema")
+        if column.unit == FRACTION and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value) and not 0.0 <= value <= 1.0:
+            raise SchemaError(f"{kind}: {name} = {value} is not a fraction in [0, 1]")
+
+
+def trial_row(*, experiment: str, trial_id: str, method: str, dataset: str, arch: str, eps_eval: float,
+              num_workers: int, started_at: float, config: Mapping[str, Any]) -> dict[str, Any]:
+    """A new trial's row: running, no epoch yet, every hyperparameter of ``config`` as its own
+    ``hp_<field>`` column (numbers, strings and booleans), the whole config as JSON."""
+    row: dict[str, Any] = {name: column.missing for name, column in TRIAL_COLUMNS.items()}
+    row.update(schema_version=SCHEMA_VERSION, experiment=experiment, trial_id=trial_id, method=method,
+               dataset=dataset, arch=arch, status=Status.RUNNING, eps_eval=eps_eval, epochs=0,
+               num_workers=num_workers, started_at=started_at, stopped_early=False,
+               config_json=json.dumps(dict(config), default=str))
+    row.update({f"{HP_PREFIX}{k}": v for k, v in config.items() if isinstance(v, (int, float, str, bool))})
+    return row
+
+
+def eval_row(*, experiment: str, trial_id: str, method: str, dataset: str, stage: Stage, epoch: int,
+             attack: str, family: str, threat: Threat, norm: str, eps: float, accuracy: float, n: int,
+             eot_samples: int, seconds: float) -> dict[str, Any]:
+    """One (trial, stage, epoch, attack) result."""
+    row = dict(schema_version=SCHEMA_VERSION, experiment=experiment, trial_id=trial_id, method=method,
+               dataset=dataset, stage=Stage(stage), epoch=int(epoch), attack=attack, family=family,
+               threat=Threat(threat), norm=norm, eps=float(eps), accuracy=float(accuracy), n=int(n),
+               eot_samples=int(eot_samples), seconds=float(seconds))
+    check_row(row, "evals")
+    return row
+
+
+def hp_columns(columns) -> list[str]:
+    """The ``hp_<field>`` columns among ``columns``."""
+    return [c for c in columns if c.startswith(HP_PREFIX)]
