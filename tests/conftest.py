@@ -1,8 +1,12 @@
-"""Shared fixtures. ``results_root`` runs the real CLI once per test session (real local Ray
-with its dashboard, real Optuna, real Parquet) and is reused by every test that reads results."""
+"""Shared fixtures and helpers: the digits data set and a component cache built once per session,
+a trial context factory (``fresh_context``), parameter snapshots, and ``results_root``, which runs
+the real CLI once per test session (real local Ray with its dashboard, real Optuna, real Parquet)
+and is reused by every test that reads results; two digits models trained once per process
+(standard and PGD-AT) and a finished experiment built from them, for the evaluation tests."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import subprocess
 import sys
@@ -10,6 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.nn import functional
+
+from raysearch import data as data_mod
+from raysearch import schema, store, trial_io
+from raysearch.attacks import core
+from raysearch.config import default_config
+from raysearch.schema import Stage, Status, Threat
+from trainables import REGISTRY
+from trainables.common import pgd_linf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,15 +34,22 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def digits():
-    """The bundled digits data set (test modules may define their own ``digits``)."""
+    """The bundled digits data set, loaded once per session (tests read it, never change it)."""
     from raysearch import data
 
     return data.load("digits")
 
 
+@pytest.fixture(scope="session")
+def component_store(tmp_path_factory) -> Path:
+    """A cache folder for pre-trained components shared by the session: a component is trained
+    once per configuration however many tests ask for it."""
+    return tmp_path_factory.mktemp("components")
+
+
 def fresh_context(defense, spec, seed: int = 0, **changes):
-    """A StepContext over freshly built networks of ``defense`` (config defaults for ``spec``
-    with ``changes``), 50 steps per epoch, no pre-trained components."""
+    """A trial's StepContext over freshly built networks of ``defense`` (config defaults for
+    ``spec`` with ``changes``), 50 steps per epoch, no pre-trained components."""
     from raysearch.config import default_config
     from raysearch.local import step_context
 
@@ -69,3 +89,83 @@ def results_root(tmp_path_factory) -> Path:
         assert proc.returncode == 0, f"search {method} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         (root / f"tiny-{method}" / "cli_output.txt").write_text(proc.stdout)
     return root
+
+
+# ---------------------------------------------------------------- trained digits models (evaluation tests)
+
+def _train_classifier(method: str, digits, epochs: int, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = default_config(method, digits.spec)
+    defense = REGISTRY[method]
+    nets = defense.build(cfg, digits.spec)
+    f = nets["classifier"]
+    opt = torch.optim.SGD(f.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    x, y = digits.train.images(), digits.train.y
+    for _ in range(epochs):
+        perm = torch.randperm(len(y))
+        for i in range(0, len(y), 64):
+            xb, yb = x[perm[i:i + 64]], y[perm[i:i + 64]]
+            if method == "pgd_at":
+                f.eval()
+                xb = pgd_linf(f, xb, yb, cfg.eps_train, 5, 2.5 * cfg.eps_train / 5)
+                f.train()
+            loss = functional.cross_entropy(f(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    f.eval()
+    return cfg, nets, opt
+
+
+@functools.cache
+def _trained_models():
+    digits = data_mod.load("digits")
+    return {"standard": _train_classifier("standard", digits, 6), "pgd_at": _train_classifier("pgd_at", digits, 4)}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """{method: (cfg, nets, optimizer)} for standard and PGD-AT training on digits."""
+    return _trained_models()
+
+
+@pytest.fixture(scope="module")
+def robust_model(trained):
+    return trained["pgd_at"][1]["classifier"]
+
+
+@pytest.fixture(scope="module")
+def test_images(digits):
+    return data_mod.eval_subset(digits.test, 60)
+
+
+@pytest.fixture()
+def experiment(tmp_path, trained, digits):
+    """A finished two-trial search on digits, as the search writes it."""
+    exp_dir = tmp_path / "exp"
+    rows, evals = [], []
+    for i, (method, (cfg, nets, opt)) in enumerate(trained.items()):
+        tid = f"t{i}"
+        ckpt = exp_dir / tid / "checkpoint_000003"
+        trial_io.save(ckpt, nets=nets, opts={"classifier": opt}, scheds={}, epoch=3, method=method,
+                      dataset="digits", cfg=cfg)
+        x, y = data_mod.eval_subset(digits.val, 100)
+        f = nets["classifier"]
+        clean = (core.predict(f, x) == y).float().mean().item()
+        robust = (core.predict(f, pgd_linf(f, x, y, 0.2, 10)) == y).float().mean().item()
+        row = schema.trial_row(experiment="exp", trial_id=tid, method=method, dataset="digits", arch="small_cnn",
+                               eps_eval=0.2, num_workers=1, started_at=0.0, config={"lr": 0.05})
+        row.update(status=Status.COMPLETED, error="", clean_acc=clean, robust_acc=robust, epochs=4,
+                   checkpoint=str(ckpt))
+        rows.append(row)
+        evals.append(schema.eval_row(experiment="exp", trial_id=tid, method=method, dataset="digits",
+                                     stage=Stage.TRIAL, epoch=3, attack="pgd20_linf", family="pgd",
+                                     threat=Threat.SEEN, norm="linf", eps=0.2, accuracy=robust, n=100,
+                                     eot_samples=1, seconds=0.1))
+    failed = schema.trial_row(experiment="exp", trial_id="t9", method="standard", dataset="digits",
+                              arch="small_cnn", eps_eval=0.2, num_workers=1, started_at=0.0, config={"lr": 3.0})
+    failed.update(status=Status.FAILED, error="diverged", clean_acc=float("nan"), robust_acc=float("nan"))
+    rows.append(failed)
+    store.write_trials(exp_dir, rows)
+    store.write_evals(exp_dir, evals)
+    return exp_dir

@@ -1,14 +1,13 @@
 """atld mechanisms: the discriminator learns to tell natural from perturbed latents, the
 unsupervised latent attack stays in the ε-ball and makes its latent look more perturbed to D,
-the IMT step is bounded and attackable, and each update moves exactly the network it trains.
-Tiny runs on the bundled digits."""
+the IMT step is bounded and attackable, and each part of the update moves exactly the network
+it trains (the whole step: tests/test_defenses.py). Tiny runs on the bundled digits."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conftest import changed, fresh_context, params
-from raysearch.data import load
+from tests.conftest import changed, fresh_context, params
 from trainables import REGISTRY
 from trainables.atld import IMTPredictor, bce_nat_adv, latent_attack, latent_of
 from trainables.common import eval_mode
@@ -17,10 +16,9 @@ DEFENSE = REGISTRY["atld"]
 
 
 @pytest.fixture(scope="module")
-def digits():
-    data = load("digits")
-    x, y = data.train.images(torch.arange(192)), data.train.y[:192]
-    return data.spec, x, y
+def examples(digits):
+    """(spec, images, labels): the first 192 training examples."""
+    return digits.spec, digits.train.images(torch.arange(192)), digits.train.y[:192]
 
 
 def make_ctx(spec, seed=0, **changes):
@@ -44,10 +42,10 @@ def d_accuracy(ctx, x_nat, x_adv):
 
 
 @pytest.mark.parametrize("latent", ["logits", "features"])
-def test_discriminator_separates_natural_from_adversarial_latents(digits, latent):
-    spec, x, y = digits
+def test_discriminator_separates_natural_from_adversarial_latents(examples, latent):
+    spec, x, y = examples
     ctx = pretrained_ctx(spec, x, y, latent=latent, d_lr=0.02)
-    f, d, eps = ctx.raw["classifier"], ctx.raw["discriminator"], ctx.cfg.eps_train
+    f = ctx.raw["classifier"]
     train, held = slice(0, 96), slice(96, 192)
     x_adv = DEFENSE.attack(ctx, x)
     f_before = params(f)
@@ -61,8 +59,8 @@ def test_discriminator_separates_natural_from_adversarial_latents(digits, latent
     assert not changed(f_before, f)
 
 
-def test_latent_attack_stays_in_ball_and_lowers_discriminator_bce(digits):
-    spec, x, y = digits
+def test_latent_attack_stays_in_ball_and_lowers_discriminator_bce(examples):
+    spec, x, y = examples
     ctx = pretrained_ctx(spec, x, y, d_lr=0.02)
     f, d, eps = ctx.raw["classifier"], ctx.raw["discriminator"], ctx.cfg.eps_train
     DEFENSE.train_step(ctx, x[:96], y[:96])  # D has seen one batch
@@ -85,8 +83,8 @@ def test_latent_attack_stays_in_ball_and_lowers_discriminator_bce(digits):
 
 
 @pytest.mark.parametrize("mode", ["uniform", "banded"])
-def test_imt_step_is_bounded_moves_toward_natural_and_is_attackable(digits, mode):
-    spec, x, y = digits
+def test_imt_step_is_bounded_moves_toward_natural_and_is_attackable(examples, mode):
+    spec, x, y = examples
     ctx = pretrained_ctx(spec, x, y, d_lr=0.02, imt=mode)
     for _ in range(3):
         DEFENSE.train_step(ctx, x[:96], y[:96])
@@ -121,15 +119,15 @@ def test_imt_step_is_bounded_moves_toward_natural_and_is_attackable(digits, mode
     assert all(p.grad is None for p in (*f.parameters(), *d.parameters()))
 
 
-def test_imt_off_deploys_the_bare_classifier(digits):
-    spec, _, _ = digits
+def test_imt_off_deploys_the_bare_classifier(examples):
+    spec, _, _ = examples
     ctx = make_ctx(spec)
     pred = DEFENSE.predictor(ctx.raw, ctx.cfg)
     assert pred.model is ctx.raw["classifier"] and pred.bpda is None and not pred.randomized
 
 
-def test_train_step_updates_classifier_and_discriminator_only_where_due(digits):
-    spec, x, y = digits
+def test_attack_and_classifier_step_move_only_what_is_due(examples):
+    spec, x, y = examples
     ctx = make_ctx(spec)
     f, d = ctx.raw["classifier"], ctx.raw["discriminator"]
     f_before, d_before = params(f), params(d)
@@ -138,9 +136,6 @@ def test_train_step_updates_classifier_and_discriminator_only_where_due(digits):
     terms, z_nat, z_adv = DEFENSE.classifier_step(ctx, x[:96], x_adv, y[:96])
     assert changed(f_before, f) and not changed(d_before, d)
     assert terms["balance"] > 0 and not z_nat.requires_grad and not z_adv.requires_grad
-    f_before = params(f)
     terms = DEFENSE.train_step(ctx, x[:96], y[:96])
-    assert changed(f_before, f) and changed(d_before, d)
     assert set(terms) >= {"loss", "ce", "mse", "balance", "d_bce", "d_cls", "d_acc"}
-    assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
-    assert set(DEFENSE.trainable(ctx.cfg)) == set(DEFENSE.build(ctx.cfg, spec))
+    assert set(DEFENSE.trainable(ctx.cfg)) == set(DEFENSE.build(ctx.cfg, spec))  # nothing frozen

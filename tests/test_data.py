@@ -40,27 +40,26 @@ def write_svhn(root, n=25):
         scipy.io.savemat(str(root / f"{split}_32x32.mat"), {"X": x, "y": y})
 
 
-def test_digits_splits_are_disjoint_and_fixed():
-    d1, d2 = data.load("digits"), data.load("digits")
-    assert (len(d1.train), len(d1.val), len(d1.test)) == (1257, 180, 360)
-    assert torch.equal(d1.val.x, d2.val.x) and torch.equal(d1.test.y, d2.test.y)
-    assert len(d1.train) + len(d1.val) + len(d1.test) == 1797  # every image in exactly one split
-    assert d1.train.images().min() >= 0 and d1.train.images().max() == 1
+def test_digits_splits_are_disjoint_and_fixed(digits):
+    again = data.load("digits")
+    assert (len(digits.train), len(digits.val), len(digits.test)) == (1257, 180, 360)
+    assert torch.equal(digits.val.x, again.val.x) and torch.equal(digits.test.y, again.test.y)
+    assert len(digits.train) + len(digits.val) + len(digits.test) == 1797  # every image in exactly one split
+    assert digits.train.images().min() >= 0 and digits.train.images().max() == 1
 
 
-def test_digits_are_scikit_learns_digits():
+def test_digits_are_scikit_learns_digits(digits):
     """Read from scikit-learn's file without importing it: the same images and labels."""
     from sklearn.datasets import load_digits
 
     ref = load_digits()
-    d = data.load("digits")
-    x = torch.cat([d.train.x, d.val.x, d.test.x]).flatten(1).numpy()
-    y = torch.cat([d.train.y, d.val.y, d.test.y]).numpy()
+    x = torch.cat([digits.train.x, digits.val.x, digits.test.x]).flatten(1).numpy()
+    y = torch.cat([digits.train.y, digits.val.y, digits.test.y]).numpy()
     order = np.lexsort(np.c_[x, y].T)
     ref_x = ref.images.reshape(len(ref.target), -1)
     ref_order = np.lexsort(np.c_[ref_x, ref.target].T)
     assert np.array_equal(x[order], ref_x[ref_order]) and np.array_equal(y[order], ref.target[ref_order])
-    assert d.train.scale == 16.0 and d.test.images().max() == 1.0
+    assert digits.train.scale == 16.0 and digits.test.images().max() == 1.0
 
 
 def test_cifar10_from_files_in_torchvision_format(tmp_path):

@@ -1,7 +1,9 @@
 """IJSAT mechanisms on digits: the flow is exactly invertible and learns the data, the joint
 space attack respects both budgets and is at least as strong as pixel-only PGD, robust mixup
-attacks the interpolate, a training step moves the classifier and never the flow, and the flow
-component is trained once when two trials ask for it at the same time."""
+attacks the interpolate, a training step with mixup or a clean term moves the classifier and
+never the flow, the flow's cache key ignores the classifier's recipe, and the flow component is
+trained once when two trials ask for it at the same time. What every defense must do (the
+default step, component keys free of searched values): tests/test_defenses.py."""
 from __future__ import annotations
 
 import copy
@@ -11,9 +13,8 @@ import threading
 
 import pytest
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
-import search_spaces
 from raysearch import components, data
 from raysearch.config import default_config
 from raysearch.local import step_context
@@ -23,6 +24,11 @@ from trainables.ijsat import IJSAT, GlowFlow, flow_setting, interpolate, joint_a
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.lu is deprecated")
 DEFENSE = IJSAT()
+
+
+def batches(digits):
+    """The loader a component's ``fit`` gets: batches of a given size over the training split."""
+    return functools.partial(data.shuffled_batches, digits.train)
 
 
 def config(digits, **overrides):
@@ -38,12 +44,12 @@ def trained(digits, tmp_path_factory):
     nets = DEFENSE.build(cfg, digits.spec)
     untrained_flow = copy.deepcopy(nets["flow"])
     components.ensure("ijsat", DEFENSE.pretrained(cfg, digits.spec), nets, cfg, digits.spec,
-                      tmp_path_factory.mktemp("store"), functools.partial(data.shuffled_batches, digits.train), torch.device("cpu"))
+                      tmp_path_factory.mktemp("store"), batches(digits), torch.device("cpu"))
     f = nets["classifier"]
     opt = torch.optim.SGD(f.parameters(), lr=0.05, momentum=0.9, nesterov=True)
     for _ in range(8):
-        for x, y in functools.partial(data.shuffled_batches, digits.train)(64):
-            sgd_step(opt, F.cross_entropy(f(x), y))
+        for x, y in batches(digits)(64):
+            sgd_step(opt, functional.cross_entropy(f(x), y))
     return cfg, frozen(nets["flow"]), frozen(f), frozen(untrained_flow)
 
 
@@ -150,13 +156,12 @@ def test_train_step_moves_the_classifier_never_the_flow(digits, trained, overrid
     assert changed == {"classifier": True, "flow": False}
 
 
-def test_component_keys_hold_no_searched_value(digits):
-    space = search_spaces.load("ijsat")
+def test_flow_key_ignores_the_classifier_recipe(digits):
+    """Searched values and the trial's length: the contract (tests/test_defenses.py)."""
     cfg = config(digits)
-    varied = dataclasses.replace(cfg, eps_z=0.1, attack_steps=1, mixup_alpha=0.1, mixup_space="pixel",
-                                 batch_size=32, epochs=3, lr=0.2)
-    for a, b in zip(DEFENSE.pretrained(cfg, digits.spec), DEFENSE.pretrained(varied, digits.spec)):
-        assert a.key == b.key and not set(a.key) & set(space)
+    varied = dataclasses.replace(cfg, lr=0.2, momentum=0.5, weight_decay=0.0)
+    for a, b in zip(DEFENSE.pretrained(cfg, digits.spec), DEFENSE.pretrained(varied, digits.spec), strict=True):
+        assert a.key == b.key
 
 
 def test_two_concurrent_requests_train_the_flow_once(digits, tmp_path):
@@ -166,7 +171,7 @@ def test_two_concurrent_requests_train_the_flow_once(digits, tmp_path):
     def trial():
         nets = DEFENSE.build(cfg, digits.spec)
         out = components.ensure("ijsat", DEFENSE.pretrained(cfg, digits.spec), nets, cfg, digits.spec,
-                                tmp_path, functools.partial(data.shuffled_batches, digits.train), torch.device("cpu"))
+                                tmp_path, batches(digits), torch.device("cpu"))
         results.append(out["flow"])
         states.append(nets["flow"].state_dict())
 

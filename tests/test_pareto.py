@@ -1,3 +1,5 @@
+"""The 2-D hypervolume and the Pareto mask against brute force, with ties, duplicates, NaN rows
+and three objectives."""
 import itertools
 
 import numpy as np
@@ -6,25 +8,25 @@ import pytest
 from raysearch.pareto import hypervolume_2d, pareto_mask
 
 
-def brute_front(p):
+def brute_front(points):
     out = []
-    for i, a in enumerate(p):
-        dominated = any((b >= a).all() and (b > a).any() for j, b in enumerate(p) if j != i)
+    for i, a in enumerate(points):
+        dominated = any((b >= a).all() and (b > a).any() for j, b in enumerate(points) if j != i)
         out.append(not dominated)
     return np.array(out)
 
 
-def brute_hv(p, ref=(0.0, 0.0), grid=400):
+def brute_hv(points, ref=(0.0, 0.0)):
     """Monte-Carlo-free brute force: area of the union of boxes on the grid of all coordinates."""
-    p = [q for q in p if q[0] > ref[0] and q[1] > ref[1]]
-    if not p:
+    points = [q for q in points if q[0] > ref[0] and q[1] > ref[1]]
+    if not points:
         return 0.0
-    xs = sorted({ref[0], *[q[0] for q in p]})
-    ys = sorted({ref[1], *[q[1] for q in p]})
+    xs = sorted({ref[0], *[q[0] for q in points]})
+    ys = sorted({ref[1], *[q[1] for q in points]})
     area = 0.0
     for (x0, x1), (y0, y1) in itertools.product(zip(xs, xs[1:]), zip(ys, ys[1:])):
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        if any(q[0] >= cx and q[1] >= cy for q in p):
+        if any(q[0] >= cx and q[1] >= cy for q in points):
             area += (x1 - x0) * (y1 - y0)
     return area
 
@@ -34,25 +36,25 @@ def test_front_and_hypervolume_match_brute_force(seed):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 25))
     # coarse values force ties on one coordinate and exact duplicates
-    p = rng.integers(0, 6, size=(n, 2)) / 5.0
+    points = rng.integers(0, 6, size=(n, 2)) / 5.0
     if n > 2:
-        p[1] = p[0]
-    assert (pareto_mask(p) == brute_front(p)).all()
-    assert hypervolume_2d(p) == pytest.approx(brute_hv(p.tolist()), abs=1e-12)
+        points[1] = points[0]
+    assert (pareto_mask(points) == brute_front(points)).all()
+    assert hypervolume_2d(points) == pytest.approx(brute_hv(points.tolist()), abs=1e-12)
 
 
 def test_duplicates_are_all_on_the_front_and_count_once():
-    p = np.array([[0.9, 0.5], [0.9, 0.5], [0.5, 0.9]])
-    assert pareto_mask(p).tolist() == [True, True, True]
-    assert hypervolume_2d(p) == pytest.approx(0.9 * 0.5 + 0.5 * 0.4)
+    points = np.array([[0.9, 0.5], [0.9, 0.5], [0.5, 0.9]])
+    assert pareto_mask(points).tolist() == [True, True, True]
+    assert hypervolume_2d(points) == pytest.approx(0.9 * 0.5 + 0.5 * 0.4)
 
 
 def test_nan_rows_are_off_the_front():
-    p = np.array([[np.nan, 1.0], [0.2, 0.3]])
-    assert pareto_mask(p).tolist() == [False, True]
-    assert hypervolume_2d(p) == pytest.approx(0.06)
+    points = np.array([[np.nan, 1.0], [0.2, 0.3]])
+    assert pareto_mask(points).tolist() == [False, True]
+    assert hypervolume_2d(points) == pytest.approx(0.06)
 
 
 def test_three_objectives():
-    p = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0.5]])
-    assert pareto_mask(p).tolist() == [True, True, True, False]
+    points = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0.5]])
+    assert pareto_mask(points).tolist() == [True, True, True, False]

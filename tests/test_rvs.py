@@ -1,13 +1,13 @@
 """rvs mechanisms: the noise-only generator stays in the ε-ball, the OT term is a differentiable
 distance, the generator ascends it, its weight pulls features together, and each update moves
-exactly the network it trains. Tiny runs on the bundled digits."""
+exactly the network it trains (the whole step: tests/test_defenses.py). Tiny runs on the
+bundled digits."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conftest import changed, fresh_context, params
-from raysearch.data import load
+from tests.conftest import changed, fresh_context, params
 from trainables import REGISTRY
 from trainables.rvs import COSTS, delta_from, logits_and_features, ot_distance, synthesize
 
@@ -15,18 +15,17 @@ DEFENSE = REGISTRY["rvs"]
 
 
 @pytest.fixture(scope="module")
-def digits():
-    data = load("digits")
-    x, y = data.train.images(torch.arange(96)), data.train.y[:96]
-    return data.spec, x, y
+def examples(digits):
+    """(spec, images, labels): the first 96 training examples."""
+    return digits.spec, digits.train.images(torch.arange(96)), digits.train.y[:96]
 
 
 def make_ctx(spec, seed=0, **changes):
     return fresh_context(DEFENSE, spec, seed, **changes)
 
 
-def test_generator_perturbation_stays_in_eps_ball_and_unit_box(digits):
-    spec, x, _ = digits
+def test_generator_perturbation_stays_in_eps_ball_and_unit_box(examples):
+    spec, x, _ = examples
     ctx = make_ctx(spec)
     g, eps = ctx.raw["generator"], ctx.cfg.eps_train
     with torch.no_grad():
@@ -82,8 +81,8 @@ def _ot_on_fixed_perturbation(ctx, x):
         return ot_distance(f.features(x), f.features(x_adv)).item()
 
 
-def test_larger_ot_weight_trains_features_closer(digits):
-    spec, x, y = digits
+def test_larger_ot_weight_trains_features_closer(examples):
+    spec, x, y = examples
     dist = {}
     for weight in (0.1, 10.0):
         ctx = make_ctx(spec, seed=1, ot_weight=weight, sinkhorn_iters=40)
@@ -93,8 +92,8 @@ def test_larger_ot_weight_trains_features_closer(digits):
     assert dist[10.0] < 0.5 * dist[0.1]
 
 
-def test_generator_step_ascends_ot_and_touches_only_the_generator(digits):
-    spec, x, y = digits
+def test_generator_step_ascends_ot_and_touches_only_the_generator(examples):
+    spec, x, y = examples
     ctx = make_ctx(spec, seed=2, gen_lr=0.05, sinkhorn_iters=40)
     f, g, eps = ctx.raw["classifier"], ctx.raw["generator"], ctx.cfg.eps_train
     for _ in range(3):  # BN running statistics of the eval-mode view become meaningful
@@ -119,18 +118,15 @@ def test_generator_step_ascends_ot_and_touches_only_the_generator(digits):
     assert all(p.requires_grad for p in f.parameters())  # the frozen view is undone
 
 
-def test_train_step_updates_classifier_and_generator(digits):
-    spec, x, y = digits
+def test_classifier_step_leaves_the_generator(examples):
+    spec, x, y = examples
     ctx = make_ctx(spec, sinkhorn_iters=20)
-    f_before, g_before = params(ctx.raw["classifier"]), params(ctx.raw["generator"])
     terms = DEFENSE.train_step(ctx, x, y)
     assert set(terms) >= {"loss", "ce", "ot", "ot_gen"}
-    assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
-    assert changed(f_before, ctx.raw["classifier"]) and changed(g_before, ctx.raw["generator"])
     g_before = params(ctx.raw["generator"])
     DEFENSE.classifier_step(ctx, x, y)
     assert not changed(g_before, ctx.raw["generator"])
-    assert set(DEFENSE.trainable(ctx.cfg)) == set(DEFENSE.build(ctx.cfg, spec))
+    assert set(DEFENSE.trainable(ctx.cfg)) == set(DEFENSE.build(ctx.cfg, spec))  # nothing frozen
 
 
 class _Wrapper(torch.nn.Module):
@@ -144,8 +140,8 @@ class _Wrapper(torch.nn.Module):
         return self.module(x)
 
 
-def test_features_through_a_wrapper_match_the_direct_call(digits):
-    spec, x, _ = digits
+def test_features_through_a_wrapper_match_the_direct_call(examples):
+    spec, x, _ = examples
     f = make_ctx(spec).raw["classifier"].eval()
     logits, h = logits_and_features(_Wrapper(f), f, x)
     ref_logits, ref_h = logits_and_features(f, f, x)

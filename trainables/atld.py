@@ -35,13 +35,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 from torch import nn
 
-from trainables.base import EPS, BaseConfig, DataSpec, Defense, Predictor, sgd_step
+from trainables.base import EPS, BaseConfig, Defense, Predictor, sgd_step
 from trainables.common import eval_mode, smooth_ce
 from trainables.nets import make_classifier
 from trainables.rvs import logits_and_features
+from trainables.spec import DataSpec
 
 LATENTS = ("logits", "features")
 IMT_MODES = ("off", "uniform", "banded")
@@ -94,9 +95,9 @@ def latent_of(f: nn.Module, x: torch.Tensor, latent: str) -> torch.Tensor:
 
 def bce_nat_adv(d_nat: torch.Tensor | None, d_adv: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """D's natural-vs-adversarial BCE on its logits: natural -> 1, perturbed -> 0."""
-    loss = F.binary_cross_entropy_with_logits(d_adv, torch.zeros_like(d_adv), reduction=reduction)
+    loss = functional.binary_cross_entropy_with_logits(d_adv, torch.zeros_like(d_adv), reduction=reduction)
     if d_nat is not None:
-        loss = loss + F.binary_cross_entropy_with_logits(d_nat, torch.ones_like(d_nat), reduction=reduction)
+        loss = loss + functional.binary_cross_entropy_with_logits(d_nat, torch.ones_like(d_nat), reduction=reduction)
     return loss
 
 
@@ -140,7 +141,7 @@ class IMTPredictor(nn.Module):
         with torch.enable_grad():
             xi = x if through else x.detach().requires_grad_(True)
             d_nat, _ = self.discriminator(latent_of(self.classifier, xi, self.latent))
-            loss = F.binary_cross_entropy_with_logits(d_nat, torch.ones_like(d_nat), reduction="sum")
+            loss = functional.binary_cross_entropy_with_logits(d_nat, torch.ones_like(d_nat), reduction="sum")
             grad = torch.autograd.grad(loss, xi, create_graph=through)[0]
         with torch.set_grad_enabled(outer):
             size = torch.full_like(d_nat, self.step)
@@ -201,7 +202,7 @@ class ATLD(Defense):
             logits, h = logits_and_features(net, f, torch.cat([x, x_adv]))
             nat_logits, adv_logits = logits[:n].detach(), logits[n:]
             ce = smooth_ce(adv_logits, y, cfg.label_smoothing)
-            mse = F.mse_loss(adv_logits, nat_logits)
+            mse = functional.mse_loss(adv_logits, nat_logits)
         s = self._balance(ctx, ce, mse, x_adv)
         loss = ce + cfg.gamma * s * mse
         sgd_step(ctx.opts["classifier"], loss, ctx.scheds.get("classifier"))
@@ -229,7 +230,7 @@ class ATLD(Defense):
             dl, cl = d(torch.cat([z_nat, z_adv]))  # one batch: shared input statistics
             dn, da, cn, ca = dl[:n], dl[n:], cl[:n], cl[n:]
             bce = bce_nat_adv(dn, da)
-            cls = F.cross_entropy(cn, y) + F.cross_entropy(ca, y)
+            cls = functional.cross_entropy(cn, y) + functional.cross_entropy(ca, y)
             sgd_step(ctx.opts["discriminator"], bce + cls, ctx.scheds.get("discriminator"))
         with torch.no_grad():
             acc = ((dn > 0).float().mean() + (da < 0).float().mean()) / 2

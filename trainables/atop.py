@@ -29,12 +29,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from trainables.base import BaseConfig, Component, Defense, DataSpec, Predictor, sgd_step
+from trainables.base import BaseConfig, Component, Defense, Predictor, sgd_step
 from trainables.common import eval_mode, fgsm, pgd_linf
+from trainables.spec import DataSpec
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +114,10 @@ class UNetInpainter(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h0 = self.inc(torch.cat([x, mask], 1))
-        h1 = self.down1(F.avg_pool2d(h0, 2))
-        h2 = self.down2(F.avg_pool2d(h1, 2))
-        u2 = self.up2(torch.cat([F.interpolate(h2, size=h1.shape[-2:]), h1], 1))
-        u1 = self.up1(torch.cat([F.interpolate(u2, size=h0.shape[-2:]), h0], 1))
+        h1 = self.down1(functional.avg_pool2d(h0, 2))
+        h2 = self.down2(functional.avg_pool2d(h1, 2))
+        u2 = self.up2(torch.cat([functional.interpolate(h2, size=h1.shape[-2:]), h1], 1))
+        u1 = self.up1(torch.cat([functional.interpolate(u2, size=h0.shape[-2:]), h0], 1))
         return torch.sigmoid(self.out(u1))
 
 
@@ -161,7 +162,7 @@ class Purified(nn.Module):
 
 
 def hinge_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    return functional.relu(1 - real).mean() + functional.relu(1 + fake).mean()
 
 
 def _purifier_width(cfg, spec: DataSpec) -> int:
@@ -180,7 +181,7 @@ def fit_classifier(nets, cfg, spec, batches, device) -> None:
     opts, scheds = Defense().optimizers({"classifier": f}, dataclasses.replace(cfg, batch_size=bs), steps)
     for _ in range(cfg.cls_epochs):
         for x, y in batches(bs):
-            loss = F.cross_entropy(f(x), y)
+            loss = functional.cross_entropy(f(x), y)
             sgd_step(opts["classifier"], loss, scheds["classifier"])
     log.info("atop classifier: final CE %.4f", loss.item())
 
@@ -271,7 +272,7 @@ class AToP(Defense):
             hinge_g = -ctx.raw["discriminator"](out, mask).mean()
             l1_clean = (out[:n] - x).abs().mean()
             l1_adv = (out[n:] - x).abs().mean()
-            ce = F.cross_entropy(f(out[n:]), y)
+            ce = functional.cross_entropy(f(out[n:]), y)
             loss_g = cfg.gan_weight * hinge_g + l1_clean + l1_adv + cfg.lambda_cls * ramp * ce
         sgd_step(ctx.opts["purifier"], loss_g)
         return {"loss_g": loss_g.item(), "loss_d": loss_d.item(), "hinge_g": hinge_g.item(),

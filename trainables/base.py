@@ -26,22 +26,10 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from trainables.nets import make_classifier
+from trainables.spec import DataSpec  # re-exported: ``from trainables.base import DataSpec`` works
+
 EPS = {"eps": True}  # field metadata: a pixel-scale budget, scaled per data set
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What a defense needs to know about the data: shapes, classes, normalization, budgets."""
-
-    name: str
-    channels: int
-    size: int  # height = width, pixels
-    classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    eps_eval: float  # default L∞ evaluation radius on [0, 1]
-    eps_eval_l2: float  # default L2 evaluation radius on [0, 1] images
-    eps_scale: float  # eps_eval / (8/255): multiplies CIFAR-scale budgets
 
 
 @dataclass(frozen=True)
@@ -131,8 +119,6 @@ class Defense:
     randomized: bool = False  # its predictor is randomized for every config (sizes the final evaluation)
 
     def build(self, cfg, spec: DataSpec) -> dict[str, nn.Module]:
-        from trainables.nets import make_classifier
-
         return {"classifier": make_classifier(cfg.arch, spec)}
 
     def pretrained(self, cfg, spec: DataSpec) -> list[Component]:

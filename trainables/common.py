@@ -9,7 +9,7 @@ import contextlib
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 from torch import nn
 
 
@@ -27,13 +27,13 @@ def eval_mode(*modules: nn.Module):
 
 
 def ce_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, y, reduction="sum")
+    return functional.cross_entropy(logits, y, reduction="sum")
 
 
 def margin_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """CW margin: max_{j≠y} z_j − z_y, summed; maximizing it pushes toward misclassification."""
     true = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    other = logits.masked_fill(functional.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
     return (other - true).sum()
 
 
@@ -67,7 +67,7 @@ def fgsm(model, x, y, eps: float, *, loss_fn: Callable = ce_sum) -> torch.Tensor
 
 
 def smooth_ce(logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
-    return F.cross_entropy(logits, y, label_smoothing=smoothing)
+    return functional.cross_entropy(logits, y, label_smoothing=smoothing)
 
 
 def frozen(module: nn.Module) -> nn.Module:

@@ -32,11 +32,12 @@ from typing import Callable
 
 import normflows as nf
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 from torch import nn
 
-from trainables.base import BaseConfig, Component, Defense, DataSpec, sgd_step
+from trainables.base import BaseConfig, Component, Defense, sgd_step
 from trainables.common import ce_sum, eval_mode
+from trainables.spec import DataSpec
 
 log = logging.getLogger(__name__)
 # normflows' LU-parametrized 1×1 convolution calls the deprecated torch.lu; nothing a user can act on
@@ -160,8 +161,8 @@ def fit_flow(nets, cfg, spec, batches, device) -> None:
 def mixed_ce_sum(logits: torch.Tensor, target) -> torch.Tensor:
     """Σ λ·CE(·, y_a) + (1−λ)·CE(·, y_b) for target = (y_a, y_b, λ) with per-example λ."""
     ya, yb, lam = target
-    return (lam * F.cross_entropy(logits, ya, reduction="none")
-            + (1 - lam) * F.cross_entropy(logits, yb, reduction="none")).sum()
+    return (lam * functional.cross_entropy(logits, ya, reduction="none")
+            + (1 - lam) * functional.cross_entropy(logits, yb, reduction="none")).sum()
 
 
 def joint_attack(flow: GlowFlow, model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y,
@@ -277,11 +278,11 @@ class IJSAT(Defense):
             logits = ctx.nets["classifier"](torch.cat([x, x_adv]) if use_clean else x_adv)
             if use_clean:
                 clean_logits, logits = logits[:n], logits[n:]
-            joint = F.cross_entropy(logits[:n], y)
+            joint = functional.cross_entropy(logits[:n], y)
             loss = cfg.joint_weight * joint
             out = {"joint_ce": joint.item()}
             if use_clean:
-                clean = F.cross_entropy(clean_logits, y)
+                clean = functional.cross_entropy(clean_logits, y)
                 loss = loss + cfg.clean_weight * clean
                 out["clean_ce"] = clean.item()
             # same keys every batch: mix_ce is 0 on batches without the mixup term

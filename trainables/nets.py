@@ -4,10 +4,10 @@ methods that work on latents (rvs, atld) use any architecture."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 from torch import nn
 
-from trainables.base import DataSpec
+from trainables.spec import DataSpec
 
 
 class Normalize(nn.Module):
@@ -60,12 +60,12 @@ class PreActBlock(nn.Module):
                          if stride != 1 or cin != cout else None)
 
     def forward(self, x):
-        out = F.relu(self.bn1(x))
+        out = functional.relu(self.bn1(x))
         sc = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
-        out = F.relu(self.bn2(out))
+        out = functional.relu(self.bn2(out))
         if self.drop:
-            out = F.dropout(out, self.drop, self.training)
+            out = functional.dropout(out, self.drop, self.training)
         return self.conv2(out) + sc
 
 

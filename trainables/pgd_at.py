@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
+from torch.nn import functional
 
 from trainables.base import BaseConfig, Defense, sgd_step
 from trainables.common import eval_mode, pgd_linf
@@ -31,6 +31,6 @@ class PGDAT(Defense):
             x_adv = pgd_linf(f, x, y, cfg.eps_train, cfg.attack_steps,
                              cfg.step_factor * cfg.eps_train / cfg.attack_steps)
         with ctx.autocast():
-            loss = F.cross_entropy(ctx.nets["classifier"](x_adv), y)
+            loss = functional.cross_entropy(ctx.nets["classifier"](x_adv), y)
         sgd_step(ctx.opts["classifier"], loss, ctx.scheds["classifier"])
         return {"loss": loss.item()}

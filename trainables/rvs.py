@@ -25,12 +25,13 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 from torch import nn
 
-from trainables.base import BaseConfig, DataSpec, Defense, sgd_step
+from trainables.base import BaseConfig, Defense, sgd_step
 from trainables.common import eval_mode, smooth_ce
 from trainables.nets import make_classifier
+from trainables.spec import DataSpec
 
 COSTS = ("sqeuclidean", "euclidean", "cosine")
 
@@ -102,7 +103,7 @@ def cost_matrix(h1: torch.Tensor, h2: torch.Tensor, cost: str) -> torch.Tensor:
         # the floor keeps the gradient of sqrt finite where two features coincide
         return ot.dist(h1, h2, metric="sqeuclidean").clamp_min(1e-12).sqrt()
     if cost == "cosine":
-        return 1.0 - F.normalize(h1, dim=1) @ F.normalize(h2, dim=1).T
+        return 1.0 - functional.normalize(h1, dim=1) @ functional.normalize(h2, dim=1).T
     raise ValueError(f"unknown OT cost {cost!r}; known: {', '.join(COSTS)}")
 
 

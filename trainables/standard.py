@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
+from torch.nn import functional
 
 from trainables.base import BaseConfig, Defense, sgd_step
 
@@ -20,6 +20,6 @@ class Standard(Defense):
 
     def train_step(self, ctx, x, y):
         with ctx.autocast():
-            loss = F.cross_entropy(ctx.nets["classifier"](x), y)
+            loss = functional.cross_entropy(ctx.nets["classifier"](x), y)
         sgd_step(ctx.opts["classifier"], loss, ctx.scheds["classifier"])
         return {"loss": loss.item()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from trainables.base import BaseConfig, Defense, sgd_step
 from trainables.common import eval_mode
@@ -24,11 +24,11 @@ class Config(BaseConfig):
 def kl_attack(f, x, eps, steps, step_size):
     """L∞ PGD maximizing KL(f(x') ‖ f(x)) from x + 0.001·N(0, 1), as in the TRADES reference."""
     with torch.no_grad():
-        p_nat = F.softmax(f(x), 1)
+        p_nat = functional.softmax(f(x), 1)
     x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1).detach()
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        loss = F.kl_div(F.log_softmax(f(x_adv), 1), p_nat, reduction="sum")
+        loss = functional.kl_div(functional.log_softmax(f(x_adv), 1), p_nat, reduction="sum")
         g = torch.autograd.grad(loss, x_adv)[0]
         with torch.no_grad():
             x_adv = torch.min(torch.max(x_adv + step_size * g.sign(), x - eps), x + eps).clamp(0, 1)
@@ -48,8 +48,8 @@ class TRADES(Defense):
         net = ctx.nets["classifier"]
         with ctx.autocast():
             nat, adv = net(x), net(x_adv)  # separate passes: BN statistics as in the reference
-            ce = F.cross_entropy(nat, y)
-            kl = F.kl_div(F.log_softmax(adv, 1), F.softmax(nat, 1), reduction="batchmean")
+            ce = functional.cross_entropy(nat, y)
+            kl = functional.kl_div(functional.log_softmax(adv, 1), functional.softmax(nat, 1), reduction="batchmean")
             loss = ce + cfg.beta * kl
         sgd_step(ctx.opts["classifier"], loss, ctx.scheds["classifier"])
         return {"loss": loss.item(), "ce": ce.item(), "kl": kl.item()}

@@ -6,9 +6,10 @@ Every attack has the call shape ``fn(model, x, y, eps, *, eot=1, seed=0, **param
 many draws of a randomized model, ``seed`` seeds the attack's own generator (no global RNG
 state is used). The result is detached, in [0, 1], and within the attack's budget.
 
-Threat labels are relative to a trial's threat model, L∞ at ε_eval: "seen" attacks are L∞ at
-ε_eval; "unseen" ones use another geometry (L2, flow, colour, DCT) or are natural corruptions;
-"check" attacks exist for the gradient-masking checks (ε sweeps) and count in no robust number.
+Threat labels (``raysearch.schema.Threat``) are relative to a trial's threat model, L∞ at
+ε_eval: SEEN attacks are L∞ at ε_eval; UNSEEN ones use another geometry (L2, flow, colour, DCT)
+or are natural corruptions; CHECK attacks exist for the gradient-masking checks (ε sweeps) and
+count in no robust number.
 
 Budgets are plain data, ``(kind, factor)``: ``eps_eval`` (× the trial's L∞ radius),
 ``eps_eval_l2`` (× the data set's L2 radius), ``cifar`` (a CIFAR-scale value × the data set's
@@ -23,11 +24,12 @@ DCT coefficient at CIFAR scale.
 
 Randomized predictors follow AutoAttack's protocol for randomized defenses (its "rand"
 version: APGD-CE and APGD-DLR, 100 iterations, EOT over 20 draws): every gradient is an EOT
-average, PGD runs one restart (the draws replace restarts), APGD-T is not run, and Square (not
-in that protocol; kept as the gradient-free check METHODS.md asks of purification defenses)
+average, PGD runs one restart (the draws replace restarts), APGD-T is not run, and Square
 spends 1000 queries of one call each on every image, without stopping early; every attack's
 images are scored with EOT. (5000 queries at 20 draws each would cost more than the whole
-rand protocol.)
+rand protocol.) Square is not in that protocol; it stays because the evaluation protocol asks
+every purification defense to face a gradient-free attack, which a purifier's obfuscated
+gradients cannot stop (see README, 'The evaluation protocol').
 """
 from __future__ import annotations
 
@@ -43,18 +45,20 @@ from raysearch.attacks.pgd import fgsm, pgd
 from raysearch.attacks.recolor import recolor
 from raysearch.attacks.square import square
 from raysearch.attacks.stadv import stadv
-from trainables.base import DataSpec
+from raysearch.schema import Threat
+from trainables.spec import DataSpec
 
-SEEN, UNSEEN, CHECK = "seen", "unseen", "check"
 BUDGET_KINDS = ("eps_eval", "eps_eval_l2", "cifar", "size", "abs", "none")
 
 
 @dataclass(frozen=True)
 class AttackSpec:
+    """One registered attack: its function, how it is reported, its budget and parameters."""
+
     name: str
     fn: Callable
     family: str  # attacks of one family are variants of one method; reported as their worst case
-    threat: str  # SEEN | UNSEEN | CHECK
+    threat: Threat
     norm: str  # "linf" | "l2" | "flow" | "colour" | "dct" | "none"
     budget: tuple[str, float]  # (kind, factor), see the module docstring
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -67,7 +71,8 @@ class AttackSpec:
     randomized: Mapping[str, Any] | None = field(default_factory=lambda: MappingProxyType({}))
 
 
-def _spec(name, fn, family, threat, norm, budget, params=None, randomized=(), **kw) -> tuple[str, AttackSpec]:
+def _entry(name, fn, family, threat, norm, budget, params=None, randomized=(), **kw) -> tuple[str, AttackSpec]:
+    """(name, its AttackSpec) with read-only parameter mappings."""
     rand = None if randomized is None else MappingProxyType(dict(randomized))
     return name, AttackSpec(name, fn, family, threat, norm, budget, MappingProxyType(dict(params or {})),
                             randomized=rand, **kw)
@@ -81,41 +86,41 @@ CHECK_PGD = {"steps": 50, "restarts": 1, "loss": "ce"}
 
 ATTACKS: dict[str, AttackSpec] = dict([
     # seen: L∞ at ε_eval
-    _spec("fgsm", fgsm, "fgsm", SEEN, "linf", ("eps_eval", 1.0), summary="one signed step of size ε"),
-    _spec("pgd_ce", pgd, "pgd", SEEN, "linf", ("eps_eval", 1.0), {**PGD, "loss": "ce"}, ONE_RESTART,
+    _entry("fgsm", fgsm, "fgsm", Threat.SEEN, "linf", ("eps_eval", 1.0), summary="one signed step of size ε"),
+    _entry("pgd_ce", pgd, "pgd", Threat.SEEN, "linf", ("eps_eval", 1.0), {**PGD, "loss": "ce"}, ONE_RESTART,
           summary="PGD-50, 5 restarts, cross-entropy"),
-    _spec("pgd_cw", pgd, "pgd", SEEN, "linf", ("eps_eval", 1.0), {**PGD, "loss": "margin"}, ONE_RESTART,
+    _entry("pgd_cw", pgd, "pgd", Threat.SEEN, "linf", ("eps_eval", 1.0), {**PGD, "loss": "margin"}, ONE_RESTART,
           summary="PGD-50, 5 restarts, CW margin loss"),
-    _spec("apgd_ce", apgd, "apgd", SEEN, "linf", ("eps_eval", 1.0), {"n_iter": 100, "loss": "ce"},
+    _entry("apgd_ce", apgd, "apgd", Threat.SEEN, "linf", ("eps_eval", 1.0), {"n_iter": 100, "loss": "ce"},
           summary="APGD-CE, 100 iterations (AutoAttack)"),
-    _spec("apgd_dlr", apgd, "apgd", SEEN, "linf", ("eps_eval", 1.0), {"n_iter": 100, "loss": "dlr"},
+    _entry("apgd_dlr", apgd, "apgd", Threat.SEEN, "linf", ("eps_eval", 1.0), {"n_iter": 100, "loss": "dlr"},
           summary="APGD-DLR, 100 iterations (AutoAttack)"),
-    _spec("apgd_t", apgd, "apgd", SEEN, "linf", ("eps_eval", 1.0), {"n_iter": 100, "n_targets": 9}, None,
+    _entry("apgd_t", apgd, "apgd", Threat.SEEN, "linf", ("eps_eval", 1.0), {"n_iter": 100, "n_targets": 9}, None,
           summary="APGD-T, targeted DLR, 9 targets × 100 iterations (AutoAttack standard)"),
-    _spec("square", square, "square", SEEN, "linf", ("eps_eval", 1.0), {"n_queries": 5000, "p_init": 0.8},
+    _entry("square", square, "square", Threat.SEEN, "linf", ("eps_eval", 1.0), {"n_queries": 5000, "p_init": 0.8},
           {"eot": 1, "full_budget": True, "n_queries": 1000},
           gradient=False, summary="Square, 5000 queries, p_init 0.8 (gradient-free)"),
-    _spec("transfer_pgd", pgd, "transfer", SEEN, "linf", ("eps_eval", 1.0), {**PGD, "loss": "ce"},
+    _entry("transfer_pgd", pgd, "transfer", Threat.SEEN, "linf", ("eps_eval", 1.0), {**PGD, "loss": "ce"},
           surrogate=True, summary="PGD-50 × 5 on the bare classifier, transferred to the predictor"),
     # unseen
-    _spec("pgd_l2", pgd, "pgd_l2", UNSEEN, "l2", ("eps_eval_l2", 1.0), {**PGD, "loss": "ce", "norm": "l2"},
+    _entry("pgd_l2", pgd, "pgd_l2", Threat.UNSEEN, "l2", ("eps_eval_l2", 1.0), {**PGD, "loss": "ce", "norm": "l2"},
           ONE_RESTART, summary="L2 PGD-50, 5 restarts"),
-    _spec("apgd_l2", apgd, "apgd_l2", UNSEEN, "l2", ("eps_eval_l2", 1.0), {"n_iter": 100, "loss": "ce", "norm": "l2"},
-          summary="L2 APGD-CE, 100 iterations"),
-    _spec("stadv", stadv, "stadv", UNSEEN, "flow", ("size", 1 / 32), {"steps": 50},
+    _entry("apgd_l2", apgd, "apgd_l2", Threat.UNSEEN, "l2", ("eps_eval_l2", 1.0),
+          {"n_iter": 100, "loss": "ce", "norm": "l2"}, summary="L2 APGD-CE, 100 iterations"),
+    _entry("stadv", stadv, "stadv", Threat.UNSEEN, "flow", ("size", 1 / 32), {"steps": 50},
           summary="StAdv flow field ≤ 1 px at 32 px, smoothness penalty"),
-    _spec("recolor", recolor, "recolor", UNSEEN, "colour", ("cifar", 0.06), {"steps": 50},
+    _entry("recolor", recolor, "recolor", Threat.UNSEEN, "colour", ("cifar", 0.06), {"steps": 50},
           summary="smooth colour mapping, ≤ 0.06 per channel at CIFAR scale"),
-    _spec("jpeg", jpeg, "jpeg", UNSEEN, "dct", ("cifar", 8 / 255), {"steps": 50},
+    _entry("jpeg", jpeg, "jpeg", Threat.UNSEEN, "dct", ("cifar", 8 / 255), {"steps": 50},
           summary="8×8 block DCT coefficients, ≤ 8/255 each at CIFAR scale"),
-    *[_spec(f"{kind}_s{sev}", corrupt, "corruption", UNSEEN, "none", ("none", math.nan),
+    *[_entry(f"{kind}_s{sev}", corrupt, "corruption", Threat.UNSEEN, "none", ("none", math.nan),
             {"kind": kind, "severity": sev}, gradient=False, default=sev in (1, 3, 5),
             summary=f"{kind.replace('_', ' ')}, severity {sev}")
       for kind in CORRUPTIONS for sev in range(1, 6)],
     # checks: ε sweep with one PGD setting (robust accuracy must fall with ε, to ~0 unbounded)
-    *[_spec(f"pgd_eps_x{f:g}", pgd, "eps_sweep", CHECK, "linf", ("eps_eval", f), CHECK_PGD,
+    *[_entry(f"pgd_eps_x{f:g}", pgd, "eps_sweep", Threat.CHECK, "linf", ("eps_eval", f), CHECK_PGD,
             summary=f"PGD-50 at {f:g}×ε_eval") for f in (0.5, 1.0, 2.0)],
-    _spec("pgd_unbounded", pgd, "eps_sweep", CHECK, "linf", ("abs", 1.0), CHECK_PGD,
+    _entry("pgd_unbounded", pgd, "eps_sweep", Threat.CHECK, "linf", ("abs", 1.0), CHECK_PGD,
           summary="PGD-50 at ε = 1 (any image): must reach ~0%"),
 ])
 
@@ -153,5 +158,5 @@ def run(attack: AttackSpec, model: Callable, x, y, eps: float, *, eot: int = 1, 
     return attack.fn(model, x, y, eps, eot=eot, seed=seed, **params)
 
 
-__all__ = ["ATTACKS", "AttackSpec", "DEFAULT_SUITE", "SEEN", "UNSEEN", "CHECK", "budget", "run",
+__all__ = ["ATTACKS", "AttackSpec", "BUDGET_KINDS", "DEFAULT_SUITE", "budget", "run",
            "apgd", "pgd", "fgsm", "square", "stadv", "recolor", "jpeg", "corrupt"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 MAX_BATCH = 4096  # images per forward pass when EOT copies are stacked
 ALL = slice(None)  # index of every example: tensor[ALL] is a view, so no copy is made
@@ -66,13 +66,13 @@ def predict(model: Callable, x: torch.Tensor, eot: int = 1, batch_size: int = 51
 def _true_and_other(z: torch.Tensor, y: torch.Tensor):
     yy = y.expand(z.shape[:-1])
     true = z.gather(-1, yy[..., None]).squeeze(-1)
-    other = z.masked_fill(F.one_hot(yy, z.shape[-1]).bool(), float("-inf")).amax(-1)
+    other = z.masked_fill(functional.one_hot(yy, z.shape[-1]).bool(), float("-inf")).amax(-1)
     return true, other
 
 
 def ce_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     z = z.float()
-    return F.cross_entropy(z.reshape(-1, z.shape[-1]), y.expand(z.shape[:-1]).reshape(-1),
+    return functional.cross_entropy(z.reshape(-1, z.shape[-1]), y.expand(z.shape[:-1]).reshape(-1),
                            reduction="none").view(z.shape[:-1])
 
 

@@ -10,7 +10,7 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from raysearch.attacks import core
 
@@ -32,9 +32,9 @@ def gaussian_blur(x: torch.Tensor, severity: int, g: torch.Generator | None = No
     k = torch.exp(-t ** 2 / (2 * sigma ** 2))
     k = k / k.sum()
     c = x.shape[1]
-    out = F.pad(x, (r, r, r, r), mode="replicate")
-    out = F.conv2d(out, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    out = F.conv2d(out, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    out = functional.pad(x, (r, r, r, r), mode="replicate")
+    out = functional.conv2d(out, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    out = functional.conv2d(out, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
     return out.clamp(0, 1)
 
 
@@ -51,7 +51,7 @@ def fractal_noise(n: int, h: int, w: int, decay: float, g: torch.Generator, like
     amp, cells = 1.0, 2
     while cells <= size:
         octave = core.uniform(g, (n, 1, cells, cells), like, -1, 1)
-        total += amp * F.interpolate(octave, size=(size, size), mode="bicubic", align_corners=False)
+        total += amp * functional.interpolate(octave, size=(size, size), mode="bicubic", align_corners=False)
         amp /= decay
         cells *= 2
     total = total[..., :h, :w]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from raysearch.attacks import core
 
@@ -25,10 +25,10 @@ def apply_colour_map(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     coords = x * 2 - 1
     if c == 1:
         grid = torch.stack([coords[:, 0], torch.zeros_like(coords[:, 0])], -1)  # N×H×W×2
-        shift = F.grid_sample(delta[:, :, None, :], grid, mode="bilinear", align_corners=True)
+        shift = functional.grid_sample(delta[:, :, None, :], grid, mode="bilinear", align_corners=True)
     elif c == 3:
         grid = coords.permute(0, 2, 3, 1)[:, None]  # N×1×H×W×3 (r, g, b)
-        shift = F.grid_sample(delta, grid, mode="bilinear", align_corners=True)[:, :, 0]
+        shift = functional.grid_sample(delta, grid, mode="bilinear", align_corners=True)[:, :, 0]
     else:
         raise ValueError(f"recolor supports 1 or 3 channels, got {c}")
     return (x + shift).clamp(0, 1)

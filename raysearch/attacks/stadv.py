@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from raysearch.attacks import core
 
@@ -27,7 +27,7 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)  # H×W×2, (x, y) order
     scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=x.device, dtype=x.dtype)
     grid = base[None] + flow.permute(0, 2, 3, 1) * scale
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True).clamp(0, 1)
+    return functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True).clamp(0, 1)
 
 
 def flow_smoothness(flow: torch.Tensor) -> torch.Tensor:
