@@ -1,7 +1,7 @@
 """The cheap per-epoch evaluation every trial reports: clean accuracy and L∞ PGD accuracy at
 ε_eval. Randomized predictors are attacked with EOT (gradients averaged over draws) and scored
 on probabilities averaged over the same number of draws, so randomness is never left to flatter
-the number. This is a proxy for the search; the full suite runs after it (raysearch.evaluate).
+the number. This is a proxy for the search; the full suite runs after it (``raysearch.evaluate``).
 """
 from __future__ import annotations
 

@@ -1,0 +1,47 @@
+"""Evaluation of trained predictors: the cheap per-epoch proxy that steers the search, and the
+final evaluation, the full attack suite on the Pareto candidates of a finished search.
+
+Final evaluation: for each candidate trial the trained predictor is rebuilt from its last
+checkpoint and attacked on a fixed subset of the *test* split (fixed seed), with every attack
+of the suite (``raysearch.attacks``): seen (L∞ at the trial's ε_eval: FGSM, PGD-CE/-CW with
+restarts, APGD-CE/-DLR/-T, Square, transfer from the bare classifier) and unseen (L2
+PGD/APGD, StAdv, ReColor, JPEG, common corruptions, and the attacks the defense itself offers).
+
+Honesty rules:
+* Randomized predictors are attacked with EOT (gradients and scores averaged over ``eot``
+  draws, 20 by default) and scored on softmax probabilities averaged over ``eot`` draws
+  (clean and adversarial alike). A predictor that averages k draws per call (atop's n_masks)
+  is called ceil(eot / k) times. The mean single-call clean accuracy is reported beside it.
+* Predictors with a BPDA pipeline are attacked through the real backward pass *and* through
+  BPDA with every white-box attack (only the seen ones if the predictor is also randomized);
+  each is a row, and every aggregate takes the worst case over them. Randomized predictors
+  get the attack settings of AutoAttack's rand version (see ``raysearch.attacks``).
+* An image counts as robust to an attack only if it is classified correctly both clean and
+  attacked. Per family the number is the per-image worst case over the family's attacks and
+  variants; over seen attacks the per-image worst case ("worst_seen"), over unseen attacks the
+  union ("union_unseen": robust only if it survives every unseen attack).
+* Gradient-masking checks, stored with the results: a gradient-free or transfer attack beating
+  every white-box attack, FGSM beating PGD, BPDA beating the real backward pass, CE-loss
+  attacks far weaker than margin/DLR ones (saturated CE, the Feature Scattering hazard),
+  accuracy not falling with ε or not reaching ~0 at ε = 1, randomness that the predictor does
+  not declare (two calls on the same input disagree), and the search's per-epoch proxy
+  overstating the final worst case by more than 10 points.
+
+Results: one row per trial × attack in ``evals.parquet`` (stage "final", epoch −1; rows of the
+same trials from an earlier final evaluation are replaced, per-epoch rows are kept), and the
+columns ``final_clean_acc``, ``final_worst_seen``, ``final_union_unseen``, ``masking_flags``
+(';'-joined, '' if none) in ``trials.parquet``.
+
+Modules (this package imports none of them, so a worker importing ``proxy`` loads nothing else):
+
+* ``proxy`` — the per-epoch proxy: clean and L∞ PGD accuracy at ε_eval, with EOT;
+* ``suite`` — the suite plan: attacks and groups, budgets, the runs per predictor (surrogate,
+  skipped for randomized predictors, BPDA variants);
+* ``runner`` — running the suite on one predictor (``evaluate_predictor``, ``PredictorReport``);
+* ``aggregates`` — per-family worst cases, worst_seen, union_unseen, mean corruption accuracy;
+* ``checks`` — range and budget checks, the randomness check, the masking flags;
+* ``report`` — evals.parquet rows, printed tables, fronts recomputed per attack;
+* ``trials`` — the experiment level: candidates, one job per trial, writing the results;
+* ``__main__`` — the CLI: ``python -m raysearch.evaluate --experiment <storage>/<name>
+  [--trials ID ...] [--subset N] [--eot N] [--attacks NAME|GROUP ...]``.
+"""

@@ -1,0 +1,93 @@
+"""Running the suite on one predictor: the clean score, every planned attack in batches with
+its seed, EOT for randomized predictors, the defense's own attacks, then the aggregates and
+the masking checks. Produces a ``PredictorReport``; writes nothing."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from raysearch.attacks import AttackSpec, core
+from raysearch.evaluate import checks
+from raysearch.evaluate.aggregates import aggregate
+from raysearch.evaluate.results import AttackResult, PredictorReport
+from raysearch.evaluate.suite import (DEFAULT_EOT, DEFENSE, EvalError, attack_runs, defense_variants,
+                                      expand_attacks)
+from raysearch.schema import Threat
+from trainables.base import DataSpec, Predictor
+
+log = logging.getLogger(__package__)  # "raysearch.evaluate": the name the CLI's warnings carry
+
+
+def _attack_images(fn: Callable, model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float,
+                   eot: int, seed: int, batch_size: int) -> torch.Tensor:
+    out = [fn(model, x[i:i + batch_size], y[i:i + batch_size], eps, eot=eot, seed=seed * 100003 + i)
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else x.clone()
+
+
+def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: DataSpec, *,
+                       eps_eval: float | None = None, attacks: Iterable[str | AttackSpec] | None = None,
+                       eot: int = DEFAULT_EOT, seed: int = 0, surrogate: Callable | None = None,
+                       extra: dict[str, Callable] | None = None, batch_size: int = 500,
+                       progress: Callable[[str], None] | None = None) -> PredictorReport:
+    """Run the suite on one predictor. ``surrogate``: the bare classifier for transfer attacks
+    (skipped when absent or when it is the predictor itself). ``extra``: the defense's own
+    attacks, ``fn(model, x, y, eps) -> x_adv``, run at ε_eval as unseen attacks."""
+    if eot < 1:
+        raise EvalError(f"eot must be >= 1, got {eot}")
+    suite, _ = expand_attacks(attacks)
+    eps_eval = spec.eps_eval if eps_eval is None else float(eps_eval)
+    calls = pred.calls(eot)  # per gradient and per score; each averages pred.draws_per_call draws
+    if pred.randomized and eot < DEFAULT_EOT:
+        log.warning("randomized predictor attacked with EOT %d < %d draws: gradients and scores are "
+                    "noisier than the standard protocol", eot, DEFAULT_EOT)
+    model = pred.model
+    with torch.no_grad():
+        if pred.randomized:
+            per_draw = np.mean([(core.predict(model, x, 1) == y).float().mean().item() for _ in range(calls)])
+        clean = core.predict(model, x, calls) == y
+    rep = PredictorReport(len(y), clean, float(per_draw) if pred.randomized else float(clean.float().mean()),
+                          pred.randomized, pred.draws(eot), draws_per_call=pred.draws_per_call)
+    if not pred.randomized and checks.randomness_leak(model, x[: min(len(x), 64)]):
+        rep.flags.append(checks.FLAG_RANDOM)
+    idx = clean.nonzero().squeeze(1)
+    xc, yc = x[idx], y[idx]
+
+    def score(x_adv: torch.Tensor) -> torch.Tensor:
+        robust = torch.zeros_like(clean)
+        if len(idx):
+            robust[idx] = core.predict(model, x_adv, calls) == yc
+        return robust
+
+    def say(msg: str) -> None:
+        if progress is not None:
+            progress(msg)
+
+    for run in attack_runs(suite, pred, spec, eps_eval, surrogate, calls):
+        attack = run.attack
+        t0 = time.perf_counter()
+        x_adv = _attack_images(run, run.target, xc, yc, run.eps, run.calls, seed, batch_size)
+        checks.check_budget(attack, xc, x_adv, run.eps)
+        res = AttackResult(run.name, attack.family, attack.threat, attack.norm, run.eps, score(x_adv),
+                           rep.eot, time.perf_counter() - t0, attack.gradient, attack.surrogate)
+        rep.results.append(res)
+        say(f"{res.attack:22s} acc {res.accuracy:.3f}  ({res.seconds:.1f} s)")
+    for name, fn in (extra or {}).items():
+        for suffix, target in defense_variants(pred):
+            target = core.MeanOfDraws(target, calls) if calls > 1 else target
+            t0 = time.perf_counter()
+            x_adv = _attack_images(lambda m, xb, yb, e, eot, seed: fn(m, xb, yb, e), target, xc, yc,
+                                   eps_eval, 1, seed, batch_size)
+            checks.check_range(name, xc, x_adv)
+            res = AttackResult(name + suffix, name, Threat.UNSEEN, getattr(fn, "norm", DEFENSE),
+                               float(getattr(fn, "eps", eps_eval)), score(x_adv), rep.eot,
+                               time.perf_counter() - t0)
+            rep.results.append(res)
+            say(f"{res.attack:22s} acc {res.accuracy:.3f}  ({res.seconds:.1f} s)")
+    aggregate(rep)
+    rep.flags += checks.masking_flags(rep)
+    return rep

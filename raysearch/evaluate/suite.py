@@ -1,0 +1,108 @@
+"""The suite plan: which attacks run, at which budget, against which model, for one predictor.
+
+A request names registry attacks, groups (``GROUPS``) or ``AttackSpec`` objects. Against a
+predictor each attack becomes one or more runs: transfer attacks are crafted on the bare
+classifier (none when there is no other), attacks outside AutoAttack's rand protocol are
+skipped for randomized predictors, and a predictor with a BPDA pipeline is also attacked
+through it (on a randomized predictor only with the seen attacks).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+from raysearch import attacks
+from raysearch.attacks import AttackSpec
+from raysearch.schema import Threat
+from trainables.base import DataSpec, Predictor
+
+DEFENSE = "defense"  # pseudo attack name: every attack the trial's defense offers
+GROUPS = ("default", "seen", "unseen", "check", DEFENSE)
+DEFAULT_EOT = 20  # random draws per gradient and per score of a randomized predictor
+BPDA = "+bpda"  # name suffix of an attack run through the predictor's BPDA pipeline
+
+
+class EvalError(ValueError):
+    """Bad input to the final evaluation; the message is one line for the user."""
+
+
+def expand_attacks(names: Iterable[str | AttackSpec] | None) -> tuple[list[AttackSpec], bool]:
+    """Attacks for a list of registry names, groups (see GROUPS) and ``AttackSpec`` objects
+    (attacks outside the registry); second item: include the defense's own attacks. None means
+    the default suite plus the defense's attacks."""
+    if names is None:
+        return [attacks.ATTACKS[n] for n in attacks.DEFAULT_SUITE], True
+    out: dict[str, AttackSpec] = {}
+    defense = False
+    for name in names:
+        if isinstance(name, AttackSpec):
+            out[name.name] = name
+        elif name == DEFENSE:
+            defense = True
+        elif name == "default":
+            out.update((n, attacks.ATTACKS[n]) for n in attacks.DEFAULT_SUITE)
+            defense = True
+        elif name in (Threat.SEEN, Threat.UNSEEN, Threat.CHECK):
+            out.update((n, attacks.ATTACKS[n]) for n in attacks.DEFAULT_SUITE if attacks.ATTACKS[n].threat == name)
+        elif name in attacks.ATTACKS:
+            out[name] = attacks.ATTACKS[name]
+        else:
+            raise EvalError(f"unknown attack {name!r}; known: {', '.join(list(attacks.ATTACKS) + list(GROUPS))}")
+    return list(out.values()), defense
+
+
+def variants(attack: AttackSpec, pred: Predictor, surrogate: Callable | None,
+             calls: int) -> list[tuple[str, Callable, int]]:
+    """How ``attack`` runs against ``pred``: (name suffix, model attacked, predictor calls per
+    gradient and score) per run; [] to skip it."""
+    model = pred.model
+    if attack.surrogate:
+        if surrogate is None or surrogate is model:
+            return []
+        return [("", surrogate, 1)]
+    if pred.randomized and attack.randomized is None:
+        return []  # not part of the protocol for randomized predictors (AutoAttack's rand version)
+    out = [("", model, calls)]
+    # BPDA on every white-box attack; on a randomized predictor (20 draws per gradient)
+    # on the seen ones, which the robust accuracy is taken from
+    if pred.bpda is not None and attack.gradient and (attack.threat == Threat.SEEN or not pred.randomized):
+        out.append((BPDA, pred.bpda, calls))
+    return out
+
+
+def defense_variants(pred: Predictor) -> list[tuple[str, Callable]]:
+    """(name suffix, model attacked) per run of one of the defense's own attacks."""
+    return [("", pred.model)] + ([(BPDA, pred.bpda)] if pred.bpda is not None else [])
+
+
+@dataclass(frozen=True)
+class AttackRun:
+    """One registry attack against one model: the predictor, its BPDA pipeline or the surrogate."""
+
+    attack: AttackSpec
+    suffix: str  # "" or BPDA
+    target: Callable
+    calls: int  # predictor calls per gradient and per score
+    eps: float  # in the attack's norm's units
+    randomized: bool  # with the attack's settings for randomized predictors
+
+    @property
+    def name(self) -> str:
+        return self.attack.name + self.suffix
+
+    def __call__(self, model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, eot: int,
+                 seed: int) -> torch.Tensor:
+        return attacks.run(self.attack, model, x, y, eps, eot=eot, seed=seed, randomized=self.randomized)
+
+
+def attack_runs(suite: Iterable[AttackSpec], pred: Predictor, spec: DataSpec, eps_eval: float,
+                surrogate: Callable | None, calls: int) -> Iterator[AttackRun]:
+    """Every run of ``suite`` against ``pred``, in suite order; each budget is computed as its
+    attack comes up."""
+    for attack in suite:
+        eps = attacks.budget(attack, spec, eps_eval)
+        randomized = pred.randomized and not attack.surrogate
+        for suffix, target, k in variants(attack, pred, surrogate, calls):
+            yield AttackRun(attack, suffix, target, k, eps, randomized)

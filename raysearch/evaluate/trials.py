@@ -1,0 +1,262 @@
+"""The final evaluation of an experiment: which trials (the front's candidates plus any asked
+for), one job per trial (``TrialJob``, picklable so it can run as a Ray task), each trial's
+suite from its checkpoint (``evaluate_trial``), and the results written once at the end
+(``write_results``)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+from raysearch import pareto, store
+from raysearch.attacks import AttackSpec
+from raysearch.evaluate import checks, report
+from raysearch.evaluate.results import PredictorReport
+from raysearch.evaluate.runner import evaluate_predictor
+from raysearch.evaluate.suite import DEFAULT_EOT, EvalError, expand_attacks
+from raysearch.schema import Stage, Status
+
+__all__ = ["DEFAULT_SUBSET", "EvalError", "TrialJob", "TrialOutcome", "candidates", "evaluate_experiment",
+           "evaluate_trial", "plan", "safe_evaluate_trial", "write_results"]
+
+log = logging.getLogger(__package__)
+
+DEFAULT_SUBSET = 1000  # test images per trial unless the experiment recorded final_eval_size
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """Everything one trial's final evaluation needs; picklable, so it can run as a Ray task."""
+    trial_id: str
+    row: dict
+    exp_dir: str
+    dataset: str
+    data_dir: str
+    subset: int
+    eot: int
+    attacks: tuple | None
+    seed: int
+    batch_size: int
+    device: str | None
+    threads: int | None
+    subset_n: int  # test images the subset holds (subset capped at the split's size)
+
+
+@dataclass
+class TrialOutcome:
+    trial_id: str
+    report: PredictorReport | None  # None: the evaluation failed (``error``)
+    rows: list[dict]
+    text: str
+    seconds: float
+    error: str = ""
+
+    @classmethod
+    def failure(cls, trial_id: str, exc: BaseException, seconds: float) -> "TrialOutcome":
+        """The outcome of a trial whose evaluation raised (or whose task died): one line why."""
+        msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return cls(trial_id, None, [], f"trial {trial_id}: final evaluation failed: {msg}", seconds, error=msg)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def candidates(rows: list[dict[str, Any]]) -> list[str]:
+    """Trial ids on the clean-vs-robust front of the completed trials with a checkpoint."""
+    ok = [r for r in rows if r.get("status") == Status.COMPLETED and r.get("checkpoint")
+          and _finite(r.get("clean_acc")) and _finite(r.get("robust_acc"))]
+    if not ok:
+        return []
+    mask = pareto.pareto_mask([[r["clean_acc"], r["robust_acc"]] for r in ok])
+    return [r["trial_id"] for r, m in zip(ok, mask) if m]
+
+
+def _recorded_config(exp_dir: Path) -> dict[str, Any]:
+    """The experiment's config as experiment.json recorded it ({} if there is none)."""
+    path = exp_dir / store.EXPERIMENT
+    if not path.exists():
+        return {}
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise EvalError(f"{path} is not valid JSON ({e})") from None
+    cfg = obj.get("config", obj)
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _checkpoint_folder(exp_dir: Path, row: dict) -> Path:
+    from raysearch import trial_io
+
+    folder = Path(row["checkpoint"])
+    if not folder.is_absolute() and not folder.exists():
+        folder = exp_dir / folder
+    if not (folder / trial_io.META).exists():
+        raise EvalError(f"trial {row['trial_id']}: checkpoint {folder} not found")
+    return folder
+
+
+def plan(exp_dir: Path, trial_ids, subset, eot, attacks, seed, data_dir, front, batch_size, device,
+         threads) -> tuple[list[TrialJob], list[dict]]:
+    """Validate the request and list the trials to evaluate (front candidates, then extras)."""
+    from raysearch import data as data_mod
+
+    if not (exp_dir / store.TRIALS).exists():
+        raise EvalError(f"{exp_dir / store.TRIALS} not found: pass --experiment <storage>/<name> of a finished search")
+    recorded = _recorded_config(exp_dir)
+    subset = int(recorded.get("final_eval_size", DEFAULT_SUBSET)) if subset is None else int(subset)
+    eot = int(recorded.get("eot_samples", DEFAULT_EOT)) if eot is None else int(eot)
+    if subset < 1:
+        raise EvalError(f"subset must be >= 1, got {subset}")
+    if eot < 1:
+        raise EvalError(f"eot must be >= 1, got {eot}")
+    expand_attacks(attacks)  # unknown names fail here, before any work
+    rows = store.read_rows(exp_dir / store.TRIALS)
+    by_id = {r["trial_id"]: r for r in rows}
+    ids = candidates(rows) if front else []
+    for tid in trial_ids or []:
+        if tid not in by_id:
+            raise EvalError(f"unknown trial {tid!r}; known: {', '.join(sorted(by_id)) or 'none'}")
+        if not by_id[tid].get("checkpoint"):
+            raise EvalError(f"trial {tid} has no checkpoint to evaluate")
+        ids.append(tid)
+    ids = list(dict.fromkeys(ids))
+    if not ids:
+        raise EvalError(f"no completed trial with a checkpoint in {exp_dir / store.TRIALS}")
+    datasets = {by_id[t]["dataset"] for t in ids}
+    if len(datasets) != 1:
+        raise EvalError(f"trials span several data sets ({', '.join(sorted(datasets))}); evaluate them separately")
+    dataset = datasets.pop()
+    data_dir = data_dir or recorded.get("data_dir", "data")
+    try:
+        data = data_mod.load(dataset, data_dir)
+    except data_mod.DataError as e:
+        raise EvalError(str(e)) from None
+    for tid in ids:
+        _checkpoint_folder(exp_dir, by_id[tid])
+    n = min(subset, len(data.test))
+    attacks = None if attacks is None else tuple(attacks)
+    jobs = [TrialJob(tid, by_id[tid], str(exp_dir), dataset, data_dir, subset, eot, attacks, seed,
+                     batch_size, device, threads, n) for tid in ids]
+    return jobs, rows
+
+
+def evaluate_trial(job: TrialJob, progress: Callable[[str], None] | None = None) -> TrialOutcome:
+    """One trial's full suite: rebuild its predictor from the checkpoint, attack the test subset.
+    Writes nothing; runs wherever it is called (the driver, or a Ray task with a GPU)."""
+    from raysearch import data as data_mod
+    from raysearch import trial_io
+
+    t0 = time.perf_counter()
+    before = torch.get_num_threads()
+    if job.threads is not None:
+        torch.set_num_threads(job.threads)
+    try:
+        device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        data = data_mod.load(job.dataset, job.data_dir)
+        spec = data.spec
+        x, y = data_mod.eval_subset(data.test, job.subset, job.seed)
+        x, y = x.to(device), y.to(device)
+        row, tid = job.row, job.trial_id
+        suite, with_defense = expand_attacks(job.attacks)
+        defense, cfg, nets, pred = trial_io.rebuild(_checkpoint_folder(Path(job.exp_dir), row), spec, device)
+        eps_eval = row.get("eps_eval") if _finite(row.get("eps_eval")) and row.get("eps_eval") > 0 else spec.eps_eval
+        extra = defense.extra_attacks(nets, cfg) if with_defense else {}
+        if progress:
+            progress(f"trial {tid} ({row.get('method')}): {len(y)} test images, eps_eval {eps_eval:.4g}")
+        rep = evaluate_predictor(pred, x, y, spec, eps_eval=eps_eval, attacks=suite, eot=job.eot, seed=job.seed,
+                                 surrogate=nets.get("classifier"), extra=extra, batch_size=job.batch_size,
+                                 progress=progress)
+    finally:
+        torch.set_num_threads(before)
+    if checks.proxy_overstates(row.get("robust_acc"), rep.accuracy("worst_seen")):
+        rep.flags.append(checks.FLAG_PROXY)
+    base = {"experiment": row.get("experiment") or Path(job.exp_dir).name, "trial_id": tid,
+            "method": row.get("method"), "dataset": job.dataset}
+    return TrialOutcome(tid, rep, report.report_rows(rep, base), report.format_table(tid, row.get("method", ""), rep),
+                        time.perf_counter() - t0)
+
+
+def safe_evaluate_trial(job: TrialJob, progress: Callable[[str], None] | None = None) -> TrialOutcome:
+    """``evaluate_trial``, with a failure turned into an outcome that says why (one line), so
+    one trial's failure loses no other trial's results."""
+    t0 = time.perf_counter()
+    try:
+        return evaluate_trial(job, progress)
+    except Exception as e:  # any failure of one trial's suite: report it, keep the others
+        log.debug("trial %s: final evaluation failed", job.trial_id, exc_info=True)
+        return TrialOutcome.failure(job.trial_id, e, time.perf_counter() - t0)
+
+
+def evaluate_experiment(exp_dir, trial_ids: Iterable[str] | None = None, subset: int | None = None,
+                        eot: int | None = None, attacks: Iterable[str | AttackSpec] | None = None,
+                        device: str | torch.device | None = None,
+                        progress: Callable[[str], None] | None = None, seed: int = 0,
+                        data_dir: str | None = None, front: bool = True,
+                        batch_size: int = 500, threads: int | None = None,
+                        runner: Callable[[list[TrialJob]], Iterable[TrialOutcome]] | None = None,
+                        ) -> dict[str, Any]:
+    """Run the suite on the front's trials (``front``) plus ``trial_ids``; write the results;
+    return a summary: {"trials": {id: {...}}, "fronts": {attack: [ids]}, "hypervolume": {...},
+    "subset", "eot", "seconds", "report": printable text}. ``threads``: torch intra-op threads
+    while a trial is evaluated (restored after); 1 is much faster for small models on a busy
+    CPU, where threads of one operator wait for each other.
+
+    ``runner`` maps the trial jobs to their outcomes, in any order (default: one after the
+    other in this process, with ``progress`` lines per attack). The search's driver passes one
+    that runs every job as a Ray task, in parallel where the cluster has room. Results are
+    written once, here, after every job has returned."""
+    if threads is not None and threads < 1:
+        raise EvalError(f"threads must be >= 1, got {threads}")
+    t_start = time.perf_counter()
+    exp_dir = Path(exp_dir)
+    jobs, rows = plan(exp_dir, trial_ids, subset, eot, attacks, seed, data_dir, front, batch_size,
+                      None if device is None else str(device), threads)
+    if runner is None:
+        outcomes = [safe_evaluate_trial(job, progress) for job in jobs]
+    else:
+        outcomes = list(runner(jobs))
+    order = {job.trial_id: i for i, job in enumerate(jobs)}
+    outcomes.sort(key=lambda o: order[o.trial_id])
+    return write_results(exp_dir, rows, outcomes, jobs[0].subset_n, jobs[0].eot,
+                         time.perf_counter() - t_start)
+
+
+def write_results(exp_dir: Path, rows: list[dict], outcomes: list[TrialOutcome], subset_n: int, eot: int,
+                  seconds: float) -> dict[str, Any]:
+    """Store every successful outcome (evals.parquet rows replaced per trial, final_* columns in
+    trials.parquet) and build the summary; failed trials keep their earlier results and are
+    listed under "failed"."""
+    reports = {o.trial_id: o.report for o in outcomes if o.report is not None}
+    failed = {o.trial_id: o.error for o in outcomes if o.report is None}
+    by_id = {r["trial_id"]: r for r in rows}
+    old = store.read_rows(exp_dir / store.EVALS)
+    kept = [r for r in old if not (r.get("stage") == Stage.FINAL and r.get("trial_id") in reports)]
+    store.write_evals(exp_dir, kept + [r for o in outcomes for r in o.rows])
+    for r in rows:
+        rep = reports.get(r["trial_id"])
+        if rep is not None:
+            r["final_clean_acc"] = rep.clean_acc
+            r["final_worst_seen"] = rep.accuracy("worst_seen")
+            r["final_union_unseen"] = rep.accuracy("union_unseen")
+            r["masking_flags"] = ";".join(rep.flags)
+    store.write_trials(exp_dir, rows)
+
+    on_front, hv = report.fronts(reports)
+    texts = [o.text for o in outcomes] + ([report.format_fronts(on_front, hv, reports)] if reports else [])
+    return {
+        "trials": {tid: {"method": by_id[tid].get("method"), "clean_acc": rep.clean_acc,
+                         "worst_seen": rep.accuracy("worst_seen"), "union_unseen": rep.accuracy("union_unseen"),
+                         "flags": list(rep.flags),
+                         "attacks": {r.attack: r.accuracy for r in rep.results},
+                         "aggregates": {k: v[2] for k, v in rep.aggregates.items()}}
+                   for tid, rep in reports.items()},
+        "fronts": on_front, "hypervolume": hv, "subset": subset_n, "eot": eot, "failed": failed,
+        "seconds": seconds, "report": "\n\n".join(texts),
+    }

@@ -1,0 +1,36 @@
+"""The final evaluation's CLI (``python -m raysearch.evaluate``): one-line errors with exit
+code 2, tables and fronts on stdout, results in evals.parquet."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from raysearch import store
+from raysearch.evaluate.__main__ import main
+from tests.conftest import ROOT
+
+
+def test_cli_bad_input(experiment, tmp_path, capsys):
+    for args, expect in [(["--experiment", str(tmp_path / "missing")], "not found"),
+                         (["--experiment", str(experiment), "--attacks", "nope"], "unknown attack"),
+                         (["--experiment", str(experiment), "--trials", "nope"], "unknown trial"),
+                         (["--experiment", str(experiment), "--subset", "x"], "invalid int"),
+                         (["--experiment", str(experiment), "--eot", "0"], "eot must be")]:
+        with pytest.raises(SystemExit) as exc:
+            sys.exit(main(args))
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and expect in err, (args, err)
+
+
+def test_cli(experiment):
+    p = subprocess.run([sys.executable, "-m", "raysearch.evaluate", "--experiment", str(experiment),
+                        "--trials", "t1", "--only-trials", "--subset", "40", "--attacks", "fgsm", "jpeg",
+                        "contrast_s5", "--device", "cpu", "--threads", "1"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "trial t1" in p.stdout and "worst_seen" in p.stdout and "masking flags" in p.stdout
+    assert "front" in p.stdout
+    rows = store.read_rows(experiment / store.EVALS)
+    assert {r["attack"] for r in rows if r["stage"] == "final"} >= {"clean", "fgsm", "jpeg", "contrast_s5"}

@@ -1,0 +1,60 @@
+"""What the final evaluation reports (raysearch.evaluate.report): evals.parquet rows, the
+printed table, the fronts recomputed per attack. Reports are built by hand: no model runs."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from raysearch import schema
+from raysearch.evaluate import report
+from raysearch.evaluate.results import AttackResult, PredictorReport
+from raysearch.schema import Stage, Threat
+
+BASE = {"experiment": "exp", "trial_id": "t0", "method": "standard", "dataset": "digits"}
+
+
+def _report(clean: list[bool], robust: list[bool], randomized: bool = False) -> PredictorReport:
+    rep = PredictorReport(len(clean), torch.tensor(clean), 0.5 if randomized else sum(clean) / len(clean),
+                          randomized, 20 if randomized else 1, draws_per_call=4 if randomized else 1)
+    rep.results.append(AttackResult("pgd_ce", "pgd", Threat.SEEN, "linf", 0.2, torch.tensor(robust),
+                                    rep.eot, 1.25))
+    rep.aggregates["worst_seen"] = ("worst_seen", Threat.SEEN, rep.results[0].accuracy)
+    rep.flags.append("fgsm_beats_pgd")
+    return rep
+
+
+def test_report_rows_fit_the_schema():
+    rows = report.report_rows(_report([True, True, False, True], [True, False, False, False]), BASE)
+    assert [r["attack"] for r in rows] == ["clean", "pgd_ce", "worst_seen"]
+    for r in rows:
+        schema.check_row(r, "evals")
+        assert r["stage"] == Stage.FINAL and r["epoch"] == schema.FINAL_EPOCH and r["n"] == 4
+        assert {k: r[k] for k in BASE} == BASE
+    clean, attack, worst = rows
+    assert (clean["threat"], clean["norm"], clean["eps"], clean["accuracy"]) == ("clean", "none", 0.0, 0.75)
+    assert (attack["threat"], attack["eps"], attack["accuracy"], attack["seconds"]) == ("seen", 0.2, 0.25, 1.25)
+    assert worst["norm"] == "mixed" and math.isnan(worst["eps"]) and worst["accuracy"] == 0.25
+
+
+def test_randomized_report_rows_and_table():
+    rep = _report([True, False], [False, False], randomized=True)
+    rows = {r["attack"]: r for r in report.report_rows(rep, BASE)}
+    assert rows["clean"]["eot_samples"] == 20 and rows["clean_per_draw"]["eot_samples"] == 4
+    assert rows["clean_per_draw"]["accuracy"] == 0.5
+    text = report.format_table("t0", "atop", rep)
+    assert text.splitlines()[0] == "trial t0 (atop): n=2, randomized, EOT 20"
+    assert "clean (single draw)" in text and text.splitlines()[-1] == "  masking flags: fgsm_beats_pgd"
+    assert "  pgd_ce                     seen         0.2   0.000     1.2" in text.splitlines()
+
+
+def test_fronts_per_attack():
+    reports = {"a": _report([True, True], [True, False]), "b": _report([True, False], [True, False]),
+               "c": _report([True, True], [False, False])}
+    on_front, hv = report.fronts(reports)
+    assert set(on_front) == {"pgd_ce", "worst_seen"}
+    assert on_front["pgd_ce"] == ["a"] and hv["pgd_ce"] == pytest.approx(0.5)
+    text = report.format_fronts(on_front, hv, reports)
+    assert text.splitlines()[0].startswith("front (clean vs accuracy under each attack)")
+    assert "  pgd_ce                     hv 0.500  a (1.000/0.500)" in text
