@@ -1,6 +1,6 @@
 """What Ray costs a trial: the same training work (method, model, data, epochs, per-epoch proxy
 evaluation) run as a bare PyTorch loop in this process and as a raysearch trial through the real
-launcher (Ray Tune trial → Ray Train controller → one Ray Train worker), alternating: bare loop,
+search (Ray Tune trial → Ray Train controller → one Ray Train worker), alternating: bare loop,
 search, bare loop again, ``--repeats`` times.
 
 Two numbers, kept apart because they scale differently:
@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 from raysearch import components, data as data_mod, perf  # noqa: E402
 from raysearch.config import ExperimentConfig, trial_config  # noqa: E402
-from raysearch.evalproxy import proxy_eval  # noqa: E402
+from raysearch.evaluate.proxy import proxy_eval  # noqa: E402
 from trainables import REGISTRY  # noqa: E402
 from trainables.base import StepContext  # noqa: E402
 from trainables.common import eval_mode, frozen  # noqa: E402
@@ -119,14 +119,15 @@ def run_ray(args, root: Path, name: str) -> list[dict]:
     """One search of 1 + ``--later-trials`` trials, one at a time; the first trains the defaults
     (the search's enqueued start point, the bare loop's hyperparameters), later ones sampled
     configurations, which start in the first trial's driver process."""
-    from raysearch import launcher, store
+    from raysearch import store
+    from raysearch.search import launch
 
     exp = ExperimentConfig(method=args.method, num_samples=1 + args.later_trials, max_epochs=args.epochs,
                            storage_path=str(root), name=name, sets=tuple(args.sets),
                            eps_eval=data_mod.SPECS["digits"].eps_eval, eval_size=args.eval_size,
                            eval_steps=args.eval_steps, final_eval=False, cpus_per_worker=args.threads,
                            max_concurrent=1)
-    launcher.run(exp)
+    launch.run(exp)
     out = []
     for row in sorted(store.read_rows(root / name / store.TRIALS), key=lambda r: r["started_at"]):
         lines = (root / name).glob(f"*{row['trial_id']}*/result.json")

@@ -8,7 +8,7 @@ defense code, loader and per-epoch proxy evaluation as the worker loop (``bench/
 ``--concurrency`` at a time before any is told (as two concurrent Tune trials are), and for ASHA
 Ray Tune's own bracket (``ray.tune.schedulers.async_hyperband._Bracket``) on clean×robust
 accuracy each epoch, with the running trials advanced epoch by epoch together. A stopped trial is
-told to Optuna with its last epoch's values, as the launcher does.
+told to Optuna with its last epoch's values, as a search does.
 
     .venv/bin/python bench/search_efficiency.py                       # pgd_at, N=12, 4 epochs, 3 seeds
     .venv/bin/python bench/search_efficiency.py --trials 6 --seeds 1  # quick look
@@ -35,7 +35,7 @@ import search_spaces  # noqa: E402
 from ray_overhead import bare_trial  # noqa: E402
 from raysearch import data as data_mod  # noqa: E402
 from raysearch.config import ExperimentConfig, default_config  # noqa: E402
-from raysearch.launcher import make_sampler  # noqa: E402
+from raysearch.search.searcher import make_sampler  # noqa: E402
 from raysearch.pareto import hypervolume_2d  # noqa: E402
 
 DEFAULT = ExperimentConfig.__dataclass_fields__["sampler"].default  # what --sampler defaults to
@@ -52,7 +52,7 @@ def search(args, sampler: optuna.samplers.BaseSampler, n_trials: int, asha: bool
     space = search_spaces.to_optuna(search_spaces.load(args.method), spec.eps_scale)
     defaults = dataclasses.asdict(default_config(args.method, spec))
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
-    study.enqueue_trial({k: defaults[k] for k in space})  # the launcher's points_to_evaluate
+    study.enqueue_trial({k: defaults[k] for k in space})  # a search's points_to_evaluate
     bracket = _Bracket(args.grace_period, args.epochs, args.reduction_factor, 0, stop_last_trials=False)
     points, curve, spent, asked = [], [], 0, 0
     while asked < n_trials:

@@ -1,16 +1,22 @@
 """Experiment and trial configuration: frozen dataclasses, and the rules that build a trial's
 method config. Precedence: method default (budgets scaled to the data set) < search-space sample
-< ``--set key=value``."""
+< ``--set key=value``.
+
+The defense registry (and so torch) is imported inside the functions that use it: each trial's
+Ray Train controller unpickles the ``ExperimentConfig`` in its loop config, and importing torch
+there would cost every trial ≈ 1.8 s of start-up (see README, 'Why Ray is configured as it is').
+"""
 from __future__ import annotations
 
 import ast
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from trainables import REGISTRY
-from trainables.base import DataSpec, config_fields, scale_budgets
+if TYPE_CHECKING:
+    from trainables.spec import DataSpec
 
 
 class ConfigError(ValueError):
@@ -45,7 +51,7 @@ class ExperimentConfig:
     final_eval_size: int = 1000  # test images for the final suite
     max_failures: int = 1  # Train worker-group restarts from the last checkpoint per trial
     max_concurrent: int = 0  # 0: derived from the cluster's resources
-    scheduler: str = "none"  # "none" | "asha"
+    scheduler: str = "none"  # a key of raysearch.search.schedulers.SCHEDULERS
     grace_period: int = 1  # ASHA: epochs every trial runs before it can be stopped
     reduction_factor: float = 3.0  # ASHA: 1/reduction_factor of the trials at a rung go on
     # speed options of the training loop (raysearch.perf)
@@ -56,10 +62,18 @@ class ExperimentConfig:
     data_on_device: str = "auto"  # "auto" | "on" | "off": hold the training split on the device
     verbose: bool = False
 
+    @property
+    def exp_dir(self) -> Path:
+        """The experiment's folder: ``<storage_path>/<name>``."""
+        return Path(self.storage_path) / self.name
+
 
 def parse_set(items: list[str], method: str) -> tuple[tuple[str, Any], ...]:
     """``key=value`` pairs, values parsed with ast.literal_eval and type-checked against the
     method's config field."""
+    from trainables import REGISTRY
+    from trainables.base import config_fields
+
     fields = config_fields(REGISTRY[method].Config)
     out = []
     for item in items:
@@ -88,18 +102,25 @@ def coerce(key: str, text: str, f: dataclasses.Field, method: str) -> Any:
 
 
 def _field_type(f: dataclasses.Field, method: str):
+    from trainables import REGISTRY
+
     hints = typing.get_type_hints(REGISTRY[method].Config)
     return hints.get(f.name, f.type)
 
 
 def default_config(method: str, spec: DataSpec):
     """The method's defaults with budget fields scaled to the data set."""
+    from trainables import REGISTRY
+    from trainables.base import scale_budgets
+
     return scale_budgets(REGISTRY[method].Config(), spec)
 
 
 def trial_config(method: str, spec: DataSpec, sampled: dict[str, Any], sets: dict[str, Any],
                  epochs: int, arch: str):
     """Defaults < sampled < --set; epochs and architecture come from the experiment."""
+    from trainables.base import config_fields
+
     cfg = default_config(method, spec)
     known = config_fields(type(cfg))
     changes = {"epochs": epochs, "arch": arch}

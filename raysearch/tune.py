@@ -17,6 +17,7 @@ from pathlib import Path
 
 from raysearch import data as data_mod, perf
 from raysearch.config import ConfigError, ExperimentConfig, default_config, parse_set
+from raysearch.search.schedulers import SCHEDULERS
 from trainables import REGISTRY
 from trainables.nets import ARCHS
 
@@ -71,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test images for the final suite (default: 1000, or 100 for a randomized defense "
                         "such as atop, whose attacks average 20 draws per step; 360 = the whole digits test set)")
     p.add_argument("--no-final-eval", action="store_true", help="skip the attack suite after the search")
-    p.add_argument("--scheduler", default="none", help="early stopping: none, or asha (ASHA on clean×robust "
-                                                      "accuracy each epoch; stopped trials keep their last metrics)")
+    p.add_argument("--scheduler", default="none", help=f"early stopping: {', or '.join(SCHEDULERS)} (ASHA on "
+                                                      "clean×robust accuracy each epoch; stopped trials keep their "
+                                                      "last metrics)")
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped (default 1)")
     p.add_argument("--reduction-factor", type=float, default=3.0,
                    help="ASHA: keep 1/F of the trials at each rung (default 3)")
@@ -108,8 +110,8 @@ def make_config(args: argparse.Namespace) -> ExperimentConfig:
                              ("--max-concurrent", args.max_concurrent, 0), ("--final-eval-size", args.final_eval_size, 0)]:
         if value < low:
             raise UsageError(f"{flag} must be at least {low}, got {value}")
-    if args.scheduler not in ("none", "asha"):
-        raise UsageError(f"unknown scheduler {args.scheduler!r}; known: none, asha")
+    if args.scheduler not in SCHEDULERS:
+        raise UsageError(f"unknown scheduler {args.scheduler!r}; known: {', '.join(SCHEDULERS)}")
     if args.grace_period < 1 or args.grace_period > args.max_epochs:
         raise UsageError(f"--grace-period must be between 1 and --max-epochs ({args.max_epochs}), got {args.grace_period}")
     if args.reduction_factor <= 1:
@@ -171,11 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, data_mod.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from raysearch import launcher  # imports Ray; kept out of argument checking
+    from raysearch.search import cluster, launch  # import Ray; kept out of argument checking
 
     try:
-        return launcher.run(exp)
-    except launcher.LaunchError as e:
+        return launch.run(exp)
+    except cluster.LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -5,12 +5,13 @@ trained networks in DDP (``prepare_model``), shard the training split
 (``prepare_data_loader``), and each epoch train, evaluate (clean and L∞ PGD at ε_eval on a
 fixed validation subset, EOT for randomized predictors, sharded across ranks) and report
 metrics with a checkpoint. A restarted worker group resumes from the last checkpoint, so no
-epoch is trained or counted twice. This module and ``raysearch.tune`` are the only ones that
-import Ray.
+epoch is trained or counted twice. Ray is imported only here, in ``raysearch.search`` and in
+``raysearch.ddp``.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import tempfile
@@ -24,8 +25,8 @@ import torch
 import torch.distributed as dist
 
 from raysearch import components, data as data_mod, perf, trial_io
-from raysearch.config import trial_config
-from raysearch.evalproxy import proxy_eval
+from raysearch.config import ExperimentConfig, trial_config
+from raysearch.evaluate.proxy import proxy_eval
 from trainables import REGISTRY
 from trainables.base import StepContext
 from trainables.common import frozen
@@ -36,7 +37,8 @@ def _world() -> tuple[int, int]:
     return ctx.get_world_rank(), ctx.get_world_size()
 
 
-def _all_sum(values: list[float], device) -> list[float]:
+def sum_over_workers(values: list[float], device) -> list[float]:
+    """Each value summed over every worker of the trial (as given with a single worker)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -54,16 +56,18 @@ def _gathered(value: str) -> str:
 
 
 def train_loop(loop_cfg: dict[str, Any]) -> None:
-    """Ray Train worker entry point; ``loop_cfg`` comes from the Tune trial (see tune.py)."""
+    """Ray Train worker entry point; ``loop_cfg`` comes from the Tune trial
+    (``raysearch.search.trial.loop_config``): the ExperimentConfig and the sampled hyperparameters."""
     loop_started_at = time.time()
-    method, exp = loop_cfg["method"], loop_cfg["experiment"]
+    exp: ExperimentConfig = loop_cfg["experiment"]
+    method = exp.method
     defense = REGISTRY[method]
-    popts = perf.PerfOptions.from_mapping(exp)
+    popts = perf.PerfOptions.from_mapping(dataclasses.asdict(exp))
     rank, world = _world()
     device = ray.train.torch.get_device()
-    data = data_mod.load(exp["dataset"], exp["data_dir"], download=False)
+    data = data_mod.load(exp.dataset, exp.data_dir, download=False)
     spec = data.spec
-    cfg = trial_config(method, spec, loop_cfg["sampled"], dict(exp["sets"]), exp["max_epochs"], exp["arch"])
+    cfg = trial_config(method, spec, loop_cfg["sampled"], dict(exp.sets), exp.max_epochs, exp.arch)
     torch.manual_seed(cfg.seed * 1000 + rank)
 
     nets = defense.build(cfg, spec)
@@ -78,11 +82,11 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
     if comps:
         # rank 0 trains or loads under the cache lock; the others wait, then load the cached copy
         if rank == 0:
-            components.ensure(method, comps, nets, cfg, spec, Path(exp["storage"]), batches, device)
+            components.ensure(method, comps, nets, cfg, spec, Path(exp.storage_path), batches, device)
         if world > 1:
             dist.barrier()
         if rank != 0:
-            components.ensure(method, comps, nets, cfg, spec, Path(exp["storage"]), batches, device)
+            components.ensure(method, comps, nets, cfg, spec, Path(exp.storage_path), batches, device)
 
     roles = defense.trainable(cfg)
     raw = dict(nets)
@@ -113,10 +117,10 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
             history = list(meta.get("history", []))
             start_epoch = trial_io.restore(trial_io.load_state(d, device), raw, opts, scheds) + 1
 
-    eval_x, eval_y = data_mod.eval_subset(data.val, exp["eval_size"], seed=0)
+    eval_x, eval_y = data_mod.eval_subset(data.val, exp.eval_size, seed=0)
     shard = slice(rank, None, world)
     eval_x, eval_y = eval_x[shard].to(device), eval_y[shard].to(device)
-    eps_eval = exp["eps_eval"] or spec.eps_eval
+    eps_eval = exp.eps_eval or spec.eps_eval
     # node ids tell apart nodes that share an IP (several raylets on one host)
     nodes, node_ids = _gathered(ray.util.get_node_ip_address()), _gathered(ray.get_runtime_context().get_node_id())
     ctx = StepContext(nets=wrapped, raw=raw, opts=opts, scheds=scheds, cfg=cfg, spec=spec, epoch=start_epoch,
@@ -146,19 +150,19 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
             ctx.step += 1
         train_s = time.time() - t0
         # the decision to stop is collective: every rank must call report the same number of times
-        diverged = _all_sum([1.0 if bad else 0.0], device)[0] > 0
+        diverged = sum_over_workers([1.0 if bad else 0.0], device)[0] > 0
 
         t1 = time.time()
         pred = defense.predictor(raw, cfg)
         with _eval_mode(raw):
-            correct, robust, n = proxy_eval(pred, eval_x, eval_y, eps_eval, exp["eval_steps"], exp["eval_eot"])
-        correct, robust, n = _all_sum([correct, robust, n], device)
+            correct, robust, n = proxy_eval(pred, eval_x, eval_y, eps_eval, exp.eval_steps, exp.eval_eot)
+        correct, robust, n = sum_over_workers([correct, robust, n], device)
         metrics = {
             "epoch": epoch + 1,
             "clean_acc": correct / max(n, 1),
             "robust_acc": robust / max(n, 1),
             "eval_n": int(n),
-            "eval_eot": pred.draws(exp["eval_eot"]),
+            "eval_eot": pred.draws(exp.eval_eot),
             "train_s": train_s,
             "eval_s": time.time() - t1,
             "nodes": nodes,

@@ -1,6 +1,6 @@
 """The trial's process-group backend (raysearch.ddp): the Train controller can load it without
 torch, and it picks Ray's backends. That DDP itself works across two workers (gradients and
-evaluation shards all-reduced) is test_tune_e2e.test_two_ddp_workers_train_one_trial."""
+evaluation shards all-reduced) is test_tune.test_two_ddp_workers_train_one_trial."""
 from __future__ import annotations
 
 import subprocess

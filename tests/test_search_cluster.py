@@ -1,6 +1,7 @@
-"""A search on a real multi-node Ray cluster started the way users start one (``ray start
---head`` and ``ray start --address``), each node its own raylet with its own CPUs, temp dir and
-ports; and the loss of a node in the middle of a search.
+"""Connecting to Ray and sizing a search to it (raysearch.search.cluster): how many trials fit
+at once, and a search on a real multi-node Ray cluster started the way users start one (``ray
+start --head`` and ``ray start --address``), each node its own raylet with its own CPUs, temp dir
+and ports; and the loss of a node in the middle of a search.
 
 Both nodes run on this host, so they share an IP: trials.parquet's ``node_ids`` column (Ray
 node ids) tells them apart where ``nodes`` (IPs) cannot.
@@ -8,6 +9,7 @@ node ids) tells them apart where ``nodes`` (IPs) cannot.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -24,6 +26,9 @@ import psutil
 import yaml
 
 from raysearch import store
+from raysearch.config import ExperimentConfig
+from raysearch.schema import Status
+from raysearch.search.cluster import LaunchError, _free_port, concurrency
 from tests.conftest import ROOT, run_cli
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -167,22 +172,22 @@ def test_a_search_spreads_its_trials_over_both_nodes(head, worker, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 at a time" in proc.stdout  # concurrency derived from the cluster's 2 CPUs
 
-    exp = tmp_path / "two-nodes"
-    trials = rows(exp)
-    assert len(trials) == 2 and {r["status"] for r in trials} == {store.COMPLETED}
+    exp_dir = tmp_path / "two-nodes"
+    trials = rows(exp_dir)
+    assert len(trials) == 2 and {r["status"] for r in trials} == {Status.COMPLETED}
     assert {r["node_ids"] for r in trials} == {head.node_id, worker.node_id}
     # every trial's results and Train checkpoints are in the one storage path
-    evals = rows(exp, store.EVALS)
+    evals = rows(exp_dir, store.EVALS)
     assert sorted((r["trial_id"], r["epoch"]) for r in evals if r["attack"] == "clean") == sorted(
         (r["trial_id"], e) for r in trials for e in (1, 2))
     for r in trials:
-        assert Path(r["checkpoint"]).is_relative_to(exp / "train" / r["trial_id"])
+        assert Path(r["checkpoint"]).is_relative_to(exp_dir / "train" / r["trial_id"])
         assert (Path(r["checkpoint"]) / "state.pt").exists()
 
 
 @pytest.mark.slow
 def test_losing_a_node_mid_search_retries_its_trial_on_the_other(head, worker, tmp_path):
-    exp = tmp_path / "node-loss"
+    exp_dir = tmp_path / "node-loss"
     # pgd_at with small batches makes epochs last seconds, so the node can be killed mid-trial
     proc = subprocess.Popen(
         [sys.executable, "-m", "raysearch.tune", "--address", head.address, "--method", "pgd_at",
@@ -192,7 +197,7 @@ def test_losing_a_node_mid_search_retries_its_trial_on_the_other(head, worker, t
         env={**os.environ, "PYTHONUNBUFFERED": "1", **TOKEN_AUTH})
     try:
         def on_worker():
-            return [r for r in rows(exp) if r.get("node_ids") == worker.node_id and r["status"] == store.RUNNING
+            return [r for r in rows(exp_dir) if r.get("node_ids") == worker.node_id and r["status"] == Status.RUNNING
                     and (r["epochs"] or 0) >= 1]
 
         victim = wait_for("a trial on the worker node to checkpoint an epoch", on_worker, 400, proc=proc)[0]
@@ -203,12 +208,12 @@ def test_losing_a_node_mid_search_retries_its_trial_on_the_other(head, worker, t
             kill_tree(proc.pid)
     assert proc.returncode == 0, out[-4000:]
 
-    trials = {r["trial_id"]: r for r in rows(exp)}
-    assert len(trials) == 2 and {r["status"] for r in trials.values()} == {store.COMPLETED}, out[-3000:]
+    trials = {r["trial_id"]: r for r in rows(exp_dir)}
+    assert len(trials) == 2 and {r["status"] for r in trials.values()} == {Status.COMPLETED}, out[-3000:]
     moved = trials[victim["trial_id"]]
     assert moved["epochs"] == 4 and moved["node_ids"] == head.node_id
     assert moved["resumed_from"] >= 1  # picked up from its checkpoint, not from scratch
-    evals = rows(exp, store.EVALS)
+    evals = rows(exp_dir, store.EVALS)
     keys = [(r["trial_id"], r["epoch"], r["attack"]) for r in evals]
     assert len(keys) == len(set(keys)) == 2 * 4 * 2  # trials × epochs × (clean, pgd): none twice, none lost
 
@@ -222,3 +227,40 @@ def test_the_example_cluster_config_is_valid_for_ray_up():
     assert full["provider"]["type"] == "local" and len(full["provider"]["worker_ips"]) == 1
     starts = " ".join(full["head_start_ray_commands"] + full["worker_start_ray_commands"])
     assert starts.count("--num-gpus=4") == 2 and "--dashboard-host=127.0.0.1" in starts
+
+
+# ---------------------------------------------------------------- how many trials fit at once
+
+def _exp(**changes) -> ExperimentConfig:
+    return ExperimentConfig(method="standard", num_samples=12, **changes)
+
+
+@pytest.mark.parametrize("changes,resources,fits", [
+    ({}, {"CPU": 4.0}, 4),  # one 1-CPU worker per trial
+    ({"workers_per_trial": 2}, {"CPU": 5.0}, 2),  # whole trials only
+    ({"cpus_per_worker": 0.5}, {"CPU": 3.0}, 6),
+    ({"max_concurrent": 3}, {"CPU": 8.0}, 3),  # the user's cap
+    ({}, {"CPU": 64.0}, 12),  # never more than the trials to run
+    ({"gpus_per_worker": 1.0}, {"CPU": 16.0, "GPU": 2.0}, 2),  # GPUs bind first
+    ({"gpus_per_worker": 0.5}, {"CPU": 1.0, "GPU": 4.0}, 1),  # ... unless CPUs are scarcer
+    ({"cpus_per_worker": 0.0}, {"CPU": 0.0}, 12),  # a trial that reserves nothing
+])
+def test_concurrency_is_what_the_cluster_fits(changes, resources, fits):
+    assert concurrency(_exp(**changes), resources) == fits
+
+
+@pytest.mark.parametrize("changes,resources,message", [
+    ({"gpus_per_worker": 1.0}, {"CPU": 8.0}, "the Ray cluster has no GPUs (resources: 8 CPU)"),
+    ({"workers_per_trial": 2, "gpus_per_worker": 1.0}, {"CPU": 8.0, "GPU": 1.0},
+     "a trial needs 2 GPUs (2 workers × 1) but the cluster has 1"),
+    ({"workers_per_trial": 3}, {"CPU": 2.0}, "a trial needs 3 CPUs (3 workers × 1) but the cluster has 2"),
+])
+def test_a_trial_that_can_never_be_placed_fails_at_once(changes, resources, message):
+    with pytest.raises(LaunchError, match=re.escape(message)):
+        concurrency(_exp(**changes), resources)
+
+
+def test_a_free_port_is_free():
+    port = _free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))

@@ -19,8 +19,9 @@ import ray  # noqa: F401  (puts the psutil bundled with Ray on the path)
 import psutil
 
 from raysearch import store
+from raysearch.schema import Status
 from tests.conftest import ROOT, run_cli
-from tests.test_cluster import kill_tree, rows, wait_for
+from tests.test_search_cluster import kill_tree, rows, wait_for
 
 SMALL = ("--eval-size", "60", "--eval-steps", "5", "--no-final-eval")
 
@@ -60,14 +61,14 @@ def assert_epochs_once(exp_dir: Path, trial_ids, epochs: int) -> None:
 
 @pytest.mark.slow
 def test_a_killed_train_worker_resumes_from_its_checkpoint(tmp_path):
-    exp = tmp_path / "worker-kill"
+    exp_dir = tmp_path / "worker-kill"
     # small batches make each epoch last seconds: the kill lands between two checkpoints
     proc = start_cli("--method", "pgd_at", "--num-samples", "1", "--max-epochs", "4", "--set", "batch_size=16",
                      "--set", "attack_steps=5", "--max-failures", "1", *SMALL,
                      "--storage-path", str(tmp_path), "--name", "worker-kill")
     try:
         wait_for("the first checkpointed epoch",
-                 lambda: any((r["epochs"] or 0) >= 1 and r["status"] == store.RUNNING for r in rows(exp)), 400,
+                 lambda: any((r["epochs"] or 0) >= 1 and r["status"] == Status.RUNNING for r in rows(exp_dir)), 400,
                  proc=proc)
 
         def train_workers():
@@ -88,17 +89,17 @@ def test_a_killed_train_worker_resumes_from_its_checkpoint(tmp_path):
         if proc.poll() is None:
             kill_tree(proc.pid)
     assert proc.returncode == 0, out[-4000:]
-    (trial,) = rows(exp)
-    assert trial["status"] == store.COMPLETED and trial["epochs"] == 4, out[-3000:]
+    (trial,) = rows(exp_dir)
+    assert trial["status"] == Status.COMPLETED and trial["epochs"] == 4, out[-3000:]
     assert trial["resumed_from"] >= 1  # the new worker group started from a checkpoint, not epoch 0
-    assert_epochs_once(exp, [trial["trial_id"]], 4)
+    assert_epochs_once(exp_dir, [trial["trial_id"]], 4)
 
 
 # ---------------------------------------------------------------- driver killed, search resumed
 
 @pytest.mark.slow
 def test_a_killed_search_resumes_without_losing_or_repeating_trials(tmp_path):
-    exp = tmp_path / "resume"
+    exp_dir = tmp_path / "resume"
     # two trials at a time; epochs of seconds (pgd_at, small batches) so the kill lands mid-trial
     args = ("--method", "pgd_at", "--num-samples", "3", "--max-epochs", "3", "--set", "batch_size=16",
             "--set", "attack_steps=5", "--max-concurrent", "2", *SMALL, "--storage-path", str(tmp_path),
@@ -106,13 +107,13 @@ def test_a_killed_search_resumes_without_losing_or_repeating_trials(tmp_path):
     proc = start_cli(*args)
     try:
         def mid_search():
-            rs = rows(exp)
-            done = [r for r in rs if r["status"] == store.COMPLETED]
-            running = [r for r in rs if r["status"] == store.RUNNING and (r["epochs"] or 0) >= 1]
+            rs = rows(exp_dir)
+            done = [r for r in rs if r["status"] == Status.COMPLETED]
+            running = [r for r in rs if r["status"] == Status.RUNNING and (r["epochs"] or 0) >= 1]
             return (done, running) if done and running else None
 
         done_before, running_before = wait_for("one trial done and another mid-way", mid_search, 500, proc=proc)
-        evals_before = rows(exp, store.EVALS)
+        evals_before = rows(exp_dir, store.EVALS)
         tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -132,20 +133,20 @@ def test_a_killed_search_resumes_without_losing_or_repeating_trials(tmp_path):
         p.kill()
     stuck = [names.get(p.pid, str(p.pid)) for p in alive if "Agent" not in names.get(p.pid, "")]
     assert not stuck, f"still running after the driver was killed: {stuck}"
-    studied_before, _ = study(exp)
+    studied_before, _ = study(exp_dir)
 
     resumed = run_cli(*args, "--resume", timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
-    trials = rows(exp)
+    trials = rows(exp_dir)
     ids = [r["trial_id"] for r in trials]
     assert len(ids) == len(set(ids))
-    completed = [r for r in trials if r["status"] == store.COMPLETED]
+    completed = [r for r in trials if r["status"] == Status.COMPLETED]
     assert len(completed) == 3 and all(r["epochs"] == 3 for r in completed), trials
     # a trial started in the moments before the kill, before Ray Tune saved it, is not run on:
     # it is marked, and another trial took its place
-    lost = [r for r in trials if r["status"] != store.COMPLETED]
-    assert all(r["status"] == store.FAILED and r["error"].startswith("interrupted") for r in lost), lost
+    lost = [r for r in trials if r["status"] != Status.COMPLETED]
+    assert all(r["status"] == Status.FAILED and r["error"].startswith("interrupted") for r in lost), lost
     by_id = {r["trial_id"]: r for r in trials}
     def measured(evals, trial_id):  # what a rerun of the epochs would change (eps is NaN for clean)
         return sorted((e["epoch"], e["attack"], e["accuracy"], e["seconds"]) for e in evals
@@ -153,18 +154,18 @@ def test_a_killed_search_resumes_without_losing_or_repeating_trials(tmp_path):
 
     for r in done_before:  # a finished trial is not trained again
         assert by_id[r["trial_id"]]["clean_acc"] == r["clean_acc"]
-        assert measured(rows(exp, store.EVALS), r["trial_id"]) == measured(evals_before, r["trial_id"])
+        assert measured(rows(exp_dir, store.EVALS), r["trial_id"]) == measured(evals_before, r["trial_id"])
     for r in running_before:  # an interrupted trial continued from its checkpoint, not from scratch:
         # the epochs recorded before the kill keep their measurements (a rerun would replace them).
         # Its training may also have ended just before the kill, before the search recorded it.
-        assert by_id[r["trial_id"]]["status"] == store.COMPLETED
+        assert by_id[r["trial_id"]]["status"] == Status.COMPLETED
         before = [m for m in measured(evals_before, r["trial_id"]) if m[0] <= r["epochs"]]
-        after = [m for m in measured(rows(exp, store.EVALS), r["trial_id"]) if m[0] <= r["epochs"]]
+        after = [m for m in measured(rows(exp_dir, store.EVALS), r["trial_id"]) if m[0] <= r["epochs"]]
         assert before and after == before
-    assert_epochs_once(exp, [r["trial_id"] for r in completed], 3)
+    assert_epochs_once(exp_dir, [r["trial_id"] for r in completed], 3)
 
     # the Optuna study went on: the same trials keep their numbers, each is told once
-    studied, reasons = study(exp)
+    studied, reasons = study(exp_dir)
     assert [n for n, _ in studied] == list(range(len(studied)))
     for n, state in studied_before:
         if state != "RUNNING":
@@ -194,7 +195,7 @@ def test_diverging_and_raising_trials_are_recorded_as_failed_and_the_search_goes
         trials = rows(tmp_path / name)
         assert len(trials) == 2, outs[name][-3000:]  # the second trial ran after the first failed
         for r in trials:
-            assert r["status"] == store.FAILED and reason in r["error"], (r["error"], outs[name][-3000:])
+            assert r["status"] == Status.FAILED and reason in r["error"], (r["error"], outs[name][-3000:])
             assert r["clean_acc"] != r["clean_acc"]  # NaN: no objective for a failed trial
             assert f"failed trial {r['trial_id']}: {r['error']}" in outs[name]
         studied, reasons = study(tmp_path / name)
@@ -299,10 +300,10 @@ def test_the_store_reader_polling_during_writes_never_sees_a_partial_file(tmp_pa
 def _searcher(db: Path):
     import optuna
 
-    from raysearch import launcher
+    from raysearch.search import searcher
 
     space = {"lr": optuna.distributions.FloatDistribution(0.01, 0.1, log=True)}
-    return launcher.Searcher(space=space, metric=list(launcher.OBJECTIVES), mode=["max", "max"],
+    return searcher.Searcher(space=space, metric=list(searcher.OBJECTIVES), mode=["max", "max"],
                              sampler=optuna.samplers.RandomSampler(seed=0),
                              storage=optuna.storages.RDBStorage(f"sqlite:///{db}"), study_name="s")
 
@@ -310,7 +311,7 @@ def _searcher(db: Path):
 def test_resume_fails_optuna_trials_the_saved_search_state_does_not_know(tmp_path):
     import optuna
 
-    done = {"clean_acc": 0.9, "robust_acc": 0.4, "status": store.COMPLETED}
+    done = {"clean_acc": 0.9, "robust_acc": 0.4, "status": Status.COMPLETED}
     db, state = tmp_path / "optuna.db", tmp_path / "searcher.pkl"
     searcher = _searcher(db)
     for trial_id in "abc":
@@ -330,8 +331,8 @@ def test_resume_fails_optuna_trials_the_saved_search_state_does_not_know(tmp_pat
     assert states() == [State.COMPLETE, State.COMPLETE, State.RUNNING, State.FAIL]
     assert restored._ot_study.get_trials()[3].user_attrs["fail_reason"].startswith("interrupted")
     # Ray Tune reruns b and c (saved as running): b's repeated ending changes nothing, c is told once
-    restored.on_trial_complete("b", {"status": store.FAILED, "error": "a late duplicate"})
-    restored.on_trial_complete("c", {"clean_acc": float("nan"), "robust_acc": 0.1, "status": store.FAILED,
+    restored.on_trial_complete("b", {"status": Status.FAILED, "error": "a late duplicate"})
+    restored.on_trial_complete("c", {"clean_acc": float("nan"), "robust_acc": 0.1, "status": Status.FAILED,
                                      "error": "diverged: x"})
     assert states() == [State.COMPLETE, State.COMPLETE, State.FAIL, State.FAIL]
     assert restored._ot_study.get_trials()[2].user_attrs["fail_reason"] == "diverged: x"
@@ -341,42 +342,42 @@ def test_resume_fails_optuna_trials_the_saved_search_state_does_not_know(tmp_pat
 def test_resume_marks_stored_trials_the_restored_search_will_not_run(tmp_path):
     from types import SimpleNamespace
 
-    from raysearch import launcher
     from raysearch.config import ExperimentConfig
+    from raysearch.search import recorder
 
-    store.write_trials(tmp_path, [{"trial_id": "kept", "status": store.RUNNING, "epochs": 1},
-                                  {"trial_id": "done", "status": store.COMPLETED, "epochs": 3},
-                                  {"trial_id": "unsaved", "status": store.RUNNING, "epochs": 0}])
-    callback = launcher.StoreCallback(ExperimentConfig(method="standard", resume=True), tmp_path, ["lr"])
+    store.write_trials(tmp_path, [{"trial_id": "kept", "status": Status.RUNNING, "epochs": 1},
+                                  {"trial_id": "done", "status": Status.COMPLETED, "epochs": 3},
+                                  {"trial_id": "unsaved", "status": Status.RUNNING, "epochs": 0}])
+    callback = recorder.StoreCallback(ExperimentConfig(method="standard", resume=True), tmp_path)
     restored = [SimpleNamespace(trial_id="kept"), SimpleNamespace(trial_id="done")]
     callback.on_step_begin(0, restored)
     callback.on_step_begin(1, [])  # once only: later steps change nothing
     status = {r["trial_id"]: (r["status"], r["error"]) for r in store.read_rows(tmp_path / store.TRIALS)}
-    assert status["kept"] == (store.RUNNING, None) and status["done"] == (store.COMPLETED, None)
-    assert status["unsaved"][0] == store.FAILED and status["unsaved"][1].startswith("interrupted")
+    assert status["kept"] == (Status.RUNNING, None) and status["done"] == (Status.COMPLETED, None)
+    assert status["unsaved"][0] == Status.FAILED and status["unsaved"][1].startswith("interrupted")
 
 
 def test_resume_records_each_epoch_once_including_one_in_flight_at_the_kill(tmp_path):
     from dataclasses import replace
     from types import SimpleNamespace
 
-    from raysearch import launcher
     from raysearch.config import ExperimentConfig
+    from raysearch.search import recorder
 
     exp = ExperimentConfig(method="standard", eval_steps=5, num_samples=1)
     trial = SimpleNamespace(trial_id="t", config={"lr": 0.05})
-    first = launcher.StoreCallback(exp, tmp_path, ["lr"])
+    first = recorder.StoreCallback(exp, tmp_path)
     first.on_trial_start(0, [trial], trial)
     epoch1 = {"epoch": 1, "clean_acc": 0.5, "robust_acc": 0.1, "eval_n": 60, "eval_s": 0.1}
     first.on_trial_result(0, [trial], trial, epoch1)
     # the driver dies; epoch 2 was checkpointed but its result never reached the store
-    second = launcher.StoreCallback(replace(exp, resume=True), tmp_path, ["lr"])
+    second = recorder.StoreCallback(replace(exp, resume=True), tmp_path)
     second.on_step_begin(0, [trial])
     history = [epoch1, {**epoch1, "epoch": 2, "clean_acc": 0.7}]
-    second.on_trial_result(1, [trial], trial, {"final": True, "status": store.COMPLETED, "epoch": 2, "clean_acc": 0.7,
+    second.on_trial_result(1, [trial], trial, {"final": True, "status": Status.COMPLETED, "epoch": 2, "clean_acc": 0.7,
                                                "robust_acc": 0.1, "wall_s": 1.0, "history_json": json.dumps(history)})
     evals = store.read_rows(tmp_path / store.EVALS)
     assert sorted((r["epoch"], r["attack"], r["accuracy"]) for r in evals) == [
         (1, "clean", 0.5), (1, "pgd5_linf", 0.1), (2, "clean", 0.7), (2, "pgd5_linf", 0.1)]
     (row,) = store.read_rows(tmp_path / store.TRIALS)
-    assert row["status"] == store.COMPLETED and row["epochs"] == 2
+    assert row["status"] == Status.COMPLETED and row["epochs"] == 2

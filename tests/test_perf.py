@@ -9,8 +9,9 @@ import torch
 
 from raysearch import data as data_mod
 from raysearch import perf, store
-from raysearch.config import trial_config
-from raysearch.evalproxy import proxy_eval
+from raysearch.config import ExperimentConfig, trial_config
+from raysearch.evaluate.proxy import proxy_eval
+from raysearch.schema import Status
 from tests.conftest import run_cli
 from trainables import REGISTRY
 from trainables.base import StepContext
@@ -142,6 +143,12 @@ def test_options_read_from_an_experiment_dict_ignore_other_keys():
     assert opts == dataclasses.replace(perf.PerfOptions(), bf16=True, loader_workers=2)
 
 
+def test_options_read_from_an_experiment_config_as_the_worker_does():
+    exp = ExperimentConfig(method="pgd_at", channels_last=True, compile=True, data_on_device="off")
+    assert perf.PerfOptions.from_mapping(dataclasses.asdict(exp)) == perf.PerfOptions(
+        channels_last=True, compile=True, data_on_device="off")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_compile_trains_a_tiny_model_and_keeps_state_dict_keys():
@@ -170,5 +177,5 @@ def test_cli_trial_with_speed_flags(tmp_path):
                    "--set", "attack_steps=2", "--storage-path", str(tmp_path), "--name", "flags", timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     row = store.read_rows(tmp_path / "flags" / store.TRIALS)[0]
-    assert row["status"] == store.COMPLETED and row["epochs"] == 2 and row["clean_acc"] > 0.5
+    assert row["status"] == Status.COMPLETED and row["epochs"] == 2 and row["clean_acc"] > 0.5
     assert 0 < row["startup_s"] < row["wall_s"]

@@ -1,0 +1,154 @@
+"""The Ray Tune callback that keeps an experiment's results files current: it turns each result
+Ray Tune delivers into trials.parquet / evals.parquet rows (written atomically by
+``raysearch.store``) and prints the search's progress."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import ray.tune
+
+from raysearch import data as data_mod
+from raysearch import schema, store
+from raysearch.config import ExperimentConfig, trial_config
+from raysearch.schema import Stage, Status, Threat
+from raysearch.search.searcher import INTERRUPTED
+
+
+class StoreCallback(ray.tune.Callback):
+    """Writes trials.parquet / evals.parquet as results arrive (atomically) and prints progress.
+    Rows are keyed (trial, stage, epoch, attack), so epochs re-reported after a resume replace
+    their earlier rows instead of being counted twice. ``exp_dir``: the folder written to."""
+
+    def __init__(self, exp: ExperimentConfig, exp_dir: Path):
+        self.exp, self.exp_dir = exp, exp_dir
+        self.trials: dict[str, dict] = {r["trial_id"]: r for r in store.read_rows(exp_dir / store.TRIALS)}
+        self.evals: dict[tuple, dict] = {
+            (r["trial_id"], r["stage"], r["epoch"], r["attack"]): r for r in store.read_rows(exp_dir / store.EVALS)}
+        self.t0 = time.time()
+        self.reconciled = False
+
+    def on_step_begin(self, iteration, trials, **info):
+        """Once, after --resume: a trial still marked running that the restored search does not
+        know started after the search state was last saved; it will not run again."""
+        if self.reconciled:
+            return
+        self.reconciled = True
+        live = {t.trial_id for t in trials}
+        lost = [r for r in self.trials.values() if r["status"] == Status.RUNNING and r["trial_id"] not in live]
+        for row in lost:
+            row.update(status=Status.FAILED, error=INTERRUPTED, finished_at=time.time())
+        if lost:
+            self._write()
+
+    def _row(self, trial) -> dict:
+        row = self.trials.get(trial.trial_id)
+        if row is None:
+            exp = self.exp
+            cfg = trial_config(exp.method, data_mod.SPECS[exp.dataset], trial.config, dict(exp.sets),
+                               exp.max_epochs, exp.arch)
+            row = schema.trial_row(experiment=exp.name, trial_id=trial.trial_id, method=exp.method,
+                                   dataset=exp.dataset, arch=exp.arch, eps_eval=exp.eps_eval,
+                                   num_workers=exp.workers_per_trial, started_at=time.time(),
+                                   config=dataclasses.asdict(cfg))
+            self.trials[trial.trial_id] = row
+        return row
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._row(trial)
+        self._write()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        row = self._row(trial)
+        if result.get("final"):
+            self._finish(row, result)
+        elif "epoch" in result:
+            row.update(epochs=int(result["epoch"]), clean_acc=result["clean_acc"], robust_acc=result["robust_acc"],
+                       nodes=result.get("nodes"), checkpoint=result.get("checkpoint_path") or row.get("checkpoint"),
+                       node_ids=result.get("node_ids"),
+                       # the latest epoch a restarted worker group resumed from (0: never restarted)
+                       resumed_from=max(row.get("resumed_from") or 0, int(result.get("resumed_from") or 0)))
+            if "train_started_at" in result and not result.get("resumed_from"):
+                # seconds from the trial's start to its first training step (Ray + process start-up)
+                row["startup_s"] = result["train_started_at"] - row["started_at"]
+            self._record_epoch(trial.trial_id, result)
+            self._progress(trial, row, result)
+        self._write()
+
+    def _record_epoch(self, trial_id: str, result: dict):
+        exp, epoch = self.exp, int(result["epoch"])
+        common = dict(experiment=exp.name, trial_id=trial_id, method=exp.method, dataset=exp.dataset,
+                      stage=Stage.TRIAL, epoch=epoch, n=int(result.get("eval_n", 0)),
+                      eot_samples=int(result.get("eval_eot", 1)), seconds=float(result.get("eval_s", math.nan)))
+        self.evals[(trial_id, Stage.TRIAL, epoch, "clean")] = schema.eval_row(
+            **common, attack="clean", family="clean", threat=Threat.CLEAN, norm="none", eps=math.nan,
+            accuracy=result["clean_acc"])
+        # keyed by the stored attack name, as the rows read back on --resume are
+        attack = f"pgd{exp.eval_steps}_linf"
+        self.evals[(trial_id, Stage.TRIAL, epoch, attack)] = schema.eval_row(
+            **common, attack=attack, family="pgd", threat=Threat.SEEN, norm="linf", eps=exp.eps_eval,
+            accuracy=result["robust_acc"])
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        """A trial that ends without its driver's final report was stopped by the scheduler: it
+        counts as completed with the metrics of the last epoch it ran (Optuna is told the same)."""
+        row = self._row(trial)
+        if row["status"] != Status.RUNNING:
+            return
+        if not row.get("epochs"):
+            row.update(status=Status.FAILED, error="stopped before its first epoch ended", finished_at=time.time())
+        else:
+            row.update(status=Status.COMPLETED, stopped_early=row["epochs"] < self.exp.max_epochs,
+                       finished_at=time.time(), wall_s=time.time() - row["started_at"])
+            row["device_s"] = row["wall_s"] * self._devices()
+            print(f"[{self._done()}/{self.exp.num_samples}] trial {row['trial_id']} stopped early after "
+                  f"{row['epochs']} epoch(s) in {row['wall_s']:.0f}s: clean {row['clean_acc']:.3f}  "
+                  f"robust {row['robust_acc']:.3f}", flush=True)
+        self._write()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        row = self._row(trial)
+        if row["status"] == Status.RUNNING:
+            err = getattr(trial, "error_file", None)
+            msg = "the trial's driver failed"
+            if err and os.path.exists(err):
+                lines = [ln for ln in Path(err).read_text().splitlines() if ln.strip()]
+                msg = lines[-1][:500] if lines else msg
+            row.update(status=Status.FAILED, error=msg, finished_at=time.time())
+            print(f"  trial {trial.trial_id} failed: {msg}", flush=True)
+        self._write()
+
+    def _finish(self, row: dict, result: dict):
+        # epochs whose results were in flight when an earlier driver died (same keys: no duplicates)
+        for epoch_result in json.loads(result.get("history_json") or "[]"):
+            self._record_epoch(row["trial_id"], epoch_result)
+        row.update(status=result["status"], error=result.get("error"), finished_at=time.time(),
+                   wall_s=result.get("wall_s"), checkpoint=result.get("checkpoint_path") or row.get("checkpoint"))
+        if result["status"] == Status.COMPLETED:
+            row.update(clean_acc=result["clean_acc"], robust_acc=result["robust_acc"], epochs=int(result["epoch"]),
+                       nodes=result.get("nodes") or row.get("nodes"), node_ids=result.get("node_ids") or row.get("node_ids"))
+        row["device_s"] = (row.get("wall_s") or 0.0) * self._devices()
+        what = (f"clean {row['clean_acc']:.3f}  robust {row['robust_acc']:.3f}" if result["status"] == Status.COMPLETED
+                else f"FAILED: {row['error']}")
+        print(f"[{self._done()}/{self.exp.num_samples}] trial {row['trial_id']} done in {row.get('wall_s', 0):.0f}s: "
+              f"{what}", flush=True)
+
+    def _devices(self) -> float:
+        """Devices a trial holds: its workers' GPUs, else one per CPU worker."""
+        return self.exp.workers_per_trial * (self.exp.gpus_per_worker or 1)
+
+    def _done(self) -> int:
+        return sum(r["status"] != Status.RUNNING for r in self.trials.values())
+
+    def _progress(self, trial, row, result):
+        print(f"    trial {trial.trial_id} epoch {int(result['epoch'])}/{self.exp.max_epochs}: "
+              f"clean {result['clean_acc']:.3f}  robust {result['robust_acc']:.3f}  "
+              f"({time.time() - self.t0:.0f}s elapsed)", flush=True)
+
+    def _write(self):
+        store.write_trials(self.exp_dir, self.trials.values())
+        store.write_evals(self.exp_dir, self.evals.values())

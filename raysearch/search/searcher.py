@@ -1,0 +1,71 @@
+"""The Optuna side of a search: the samplers, and Ray Tune's Optuna adapter made to tell Optuna
+about failed and interrupted trials."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from raysearch.schema import Status
+
+OBJECTIVES = ("clean_acc", "robust_acc")  # both maximized
+INTERRUPTED = "interrupted: the search was killed before it saved this trial; another trial took its place"
+
+
+class Searcher(OptunaSearch):
+    """OptunaSearch that tells Optuna FAIL (with the reason as a user attribute) for a trial that
+    raised, diverged or reported a non-finite objective; the stock one leaves such a trial
+    RUNNING forever, which skews the sampler (see README, 'Why Ray is configured as it is')."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        values = [None if not result else result.get(m) for m in OBJECTIVES]
+        failed = error or (result or {}).get("status") == Status.FAILED or any(
+            v is None or not math.isfinite(v) for v in values)
+        if not failed or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        ot_trial = self._ot_trials[trial_id]
+        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            self._completed_trials.add(trial_id)  # told before the driver restarted (--resume)
+            return
+        reason = (result or {}).get("error") or ("the trial raised" if error else "non-finite objective")
+        self._ot_study._storage.set_trial_user_attr(ot_trial._trial_id, "fail_reason", str(reason)[:1000])
+        self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+        self._completed_trials.add(trial_id)
+
+    def restore(self, checkpoint_path: str):
+        """After a killed driver (--resume): an Optuna trial asked after the search state was
+        last saved belongs to no Tune trial (Tune asks for a new one in its place) and would stay
+        RUNNING forever; it is failed with the reason."""
+        super().restore(checkpoint_path)
+        known = {t._trial_id for t in self._ot_trials.values()}
+        for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t._trial_id not in known:
+                self._ot_study._storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
+                self._ot_study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+
+
+def front_gamma(n: int) -> int:
+    """How many of n finished trials TPE models as good: a quarter (at least 2, at most 25).
+    Optuna's multi-objective default, a tenth, is one trial until the tenth, and TPE then samples
+    around a single point of the front instead of along it (bench/search_efficiency.py)."""
+    return min(max(2, math.ceil(0.25 * n)), 25)
+
+
+def make_sampler(name: str, seed: int, num_samples: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        # constant_liar (Optuna's default): concurrent trials see each other as running, so
+        # trials asked together are not drawn from the same spot
+        with warnings.catch_warnings():  # gamma is deprecated (Optuna 4.9) but kept until Optuna 6
+            warnings.simplefilter("ignore", FutureWarning)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(num_samples // 3, 1)),
+                                              multivariate=True, constant_liar=True, gamma=front_gamma)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, num_samples // 3)))
+    if name == "gp":
+        # the default: Gaussian-process regression with log expected hypervolume improvement
+        # (qLogEHVI over the trials still running, so concurrent trials are not drawn alike);
+        # it beat TPE in 6/6 seeds and random search in 5/6 at N=10 (bench/search_efficiency.py)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(5, max(num_samples // 3, 1)))
+    return optuna.samplers.RandomSampler(seed=seed)

@@ -1,0 +1,24 @@
+"""Experiment configuration (raysearch.config): derived values, and what importing it costs."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+from raysearch.config import ExperimentConfig
+from tests.conftest import ROOT
+
+
+def test_the_experiment_folder_is_derived_not_stored():
+    exp = ExperimentConfig(method="standard", storage_path="/r", name="x")
+    assert exp.exp_dir == Path("/r/x")
+    assert dataclasses.replace(exp, name="y").exp_dir == Path("/r/y")
+    assert "exp_dir" not in dataclasses.asdict(exp)  # so experiment.json does not record it
+
+
+def test_importing_the_config_imports_no_torch():
+    code = "import sys; import raysearch.config; print('torch' in sys.modules, 'trainables' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["False", "False"]

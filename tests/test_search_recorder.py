@@ -1,0 +1,88 @@
+"""The Tune callback that keeps the results files current (raysearch.search.recorder), fed the
+results Ray Tune would deliver. What ``--resume`` reconciles is in test_search_faults."""
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from raysearch import store
+from raysearch.config import ExperimentConfig
+from raysearch.schema import Status
+from raysearch.search.recorder import StoreCallback
+
+EXP = ExperimentConfig(method="pgd_at", name="e", eval_steps=5, eps_eval=0.2, max_epochs=3, num_samples=2,
+                       workers_per_trial=2, sets=(("attack_steps", 2),))
+EPOCH = {"epoch": 1, "clean_acc": 0.5, "robust_acc": 0.25, "eval_n": 60, "eval_s": 0.5, "eval_eot": 1,
+         "nodes": "127.0.0.1", "node_ids": "n1", "checkpoint_path": "/c/1", "resumed_from": 0}
+
+
+@pytest.fixture
+def started(tmp_path):
+    callback = StoreCallback(EXP, tmp_path)
+    trial = SimpleNamespace(trial_id="t1", config={"eps_train": 0.1, "lr": 0.05})
+    callback.on_trial_start(0, [trial], trial)
+    return callback, trial, tmp_path
+
+
+def test_a_started_trial_is_a_running_row_with_its_full_config(started):
+    _, _, exp_dir = started
+    (row,) = store.read_rows(exp_dir / store.TRIALS)
+    assert row["status"] == Status.RUNNING and row["epochs"] == 0 and row["stopped_early"] is False
+    assert (row["experiment"], row["trial_id"], row["method"], row["dataset"], row["arch"]) == (
+        "e", "t1", "pgd_at", "digits", "auto")
+    assert row["eps_eval"] == 0.2 and row["num_workers"] == 2 and row["started_at"] > 0
+    # sampled < --set; epochs from the experiment; every field its own column
+    assert row["hp_eps_train"] == 0.1 and row["hp_lr"] == 0.05 and row["hp_attack_steps"] == 2
+    assert row["hp_epochs"] == 3 and json.loads(row["config_json"])["epochs"] == 3
+    assert math.isnan(row["clean_acc"]) and row["error"] is None
+
+
+def test_an_epoch_updates_the_row_and_adds_its_two_proxy_rows(started, capsys):
+    callback, trial, exp_dir = started
+    callback.on_trial_result(1, [trial], trial, {**EPOCH, "train_started_at": callback.trials["t1"]["started_at"] + 2})
+    (row,) = store.read_rows(exp_dir / store.TRIALS)
+    assert (row["epochs"], row["clean_acc"], row["robust_acc"], row["checkpoint"]) == (1, 0.5, 0.25, "/c/1")
+    assert row["nodes"] == "127.0.0.1" and row["node_ids"] == "n1" and row["resumed_from"] == 0
+    assert row["startup_s"] == pytest.approx(2)
+    evals = {r["attack"]: r for r in store.read_rows(exp_dir / store.EVALS)}
+    assert set(evals) == {"clean", "pgd5_linf"}
+    clean, pgd = evals["clean"], evals["pgd5_linf"]
+    assert (clean["stage"], clean["epoch"], clean["threat"], clean["norm"], clean["accuracy"]) == (
+        "trial", 1, "clean", "none", 0.5)
+    assert math.isnan(clean["eps"]) and clean["n"] == 60 and clean["seconds"] == 0.5
+    assert (pgd["family"], pgd["threat"], pgd["norm"], pgd["eps"], pgd["accuracy"]) == (
+        "pgd", "seen", "linf", 0.2, 0.25)
+    assert "trial t1 epoch 1/3: clean 0.500  robust 0.250" in capsys.readouterr().out
+
+
+def test_a_trial_stopped_by_the_scheduler_is_completed_with_its_last_epoch(started, capsys):
+    callback, trial, exp_dir = started
+    callback.on_trial_result(1, [trial], trial, EPOCH)
+    callback.on_trial_complete(2, [trial], trial)
+    (row,) = store.read_rows(exp_dir / store.TRIALS)
+    assert row["status"] == Status.COMPLETED and row["stopped_early"] is True and row["epochs"] == 1
+    assert row["device_s"] == pytest.approx(2 * row["wall_s"])  # two CPU workers
+    assert "[1/2] trial t1 stopped early after 1 epoch(s)" in capsys.readouterr().out
+
+
+def test_the_final_report_of_a_failed_trial_records_why(started, capsys):
+    callback, trial, exp_dir = started
+    callback.on_trial_result(1, [trial], trial, {"final": True, "status": Status.FAILED, "error": "diverged: x",
+                                                 "wall_s": 3.0, "clean_acc": math.nan, "robust_acc": math.nan})
+    callback.on_trial_complete(2, [trial], trial)  # Tune's completion changes nothing after that
+    (row,) = store.read_rows(exp_dir / store.TRIALS)
+    assert row["status"] == Status.FAILED and row["error"] == "diverged: x" and row["device_s"] == 6.0
+    assert "[1/2] trial t1 done in 3s: FAILED: diverged: x" in capsys.readouterr().out
+
+
+def test_a_driver_error_is_recorded_from_its_error_file(started, tmp_path_factory):
+    callback, trial, exp_dir = started
+    error_file = tmp_path_factory.mktemp("err") / "error.txt"
+    error_file.write_text("Traceback (most recent call last):\n  ...\nRuntimeError: the driver died\n\n")
+    trial.error_file = str(error_file)
+    callback.on_trial_error(1, [trial], trial)
+    (row,) = store.read_rows(exp_dir / store.TRIALS)
+    assert row["status"] == Status.FAILED and row["error"] == "RuntimeError: the driver died"

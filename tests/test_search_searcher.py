@@ -1,0 +1,53 @@
+"""The Optuna side of a search (raysearch.search.searcher): the samplers, and that failed trials
+are told to Optuna as failed. What ``--resume`` reconciles is in test_search_faults."""
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from raysearch.schema import Status
+from raysearch.search.searcher import OBJECTIVES, Searcher, front_gamma, make_sampler
+
+
+@pytest.mark.parametrize("n,good", [(0, 2), (4, 2), (9, 3), (12, 3), (13, 4), (100, 25), (1000, 25)])
+def test_tpe_models_a_quarter_of_the_trials_as_good(n, good):
+    assert front_gamma(n) == good
+
+
+@pytest.mark.parametrize("name,cls", [("tpe", optuna.samplers.TPESampler), ("nsga2", optuna.samplers.NSGAIISampler),
+                                      ("gp", optuna.samplers.GPSampler), ("random", optuna.samplers.RandomSampler)])
+def test_each_sampler_name_makes_its_sampler(name, cls):
+    assert type(make_sampler(name, seed=0, num_samples=12)) is cls
+
+
+def test_samplers_start_with_a_third_of_the_trials_at_random_up_to_five():
+    assert make_sampler("gp", 0, 12)._n_startup_trials == 4
+    assert make_sampler("gp", 0, 30)._n_startup_trials == 5
+    assert make_sampler("tpe", 0, 2)._n_startup_trials == 1
+    assert make_sampler("nsga2", 0, 12)._population_size == 4
+
+
+def _searcher(db) -> Searcher:
+    space = {"lr": optuna.distributions.FloatDistribution(0.01, 0.1, log=True)}
+    return Searcher(space=space, metric=list(OBJECTIVES), mode=["max", "max"],
+                    sampler=optuna.samplers.RandomSampler(seed=0),
+                    storage=optuna.storages.RDBStorage(f"sqlite:///{db}"), study_name="s")
+
+
+def test_a_failed_or_non_finite_trial_is_told_fail_with_its_reason(tmp_path):
+    searcher = _searcher(tmp_path / "optuna.db")
+    for trial_id in "abcd":
+        searcher.suggest(trial_id)
+    searcher.on_trial_complete("a", {"clean_acc": 0.9, "robust_acc": 0.4, "status": Status.COMPLETED})
+    searcher.on_trial_complete("b", {"clean_acc": math.nan, "robust_acc": math.nan, "status": Status.FAILED,
+                                     "error": "diverged: loss"})
+    searcher.on_trial_complete("c", {"clean_acc": 0.5, "robust_acc": math.inf})
+    searcher.on_trial_complete("d", None, error=True)
+    trials = sorted(searcher._ot_study.get_trials(), key=lambda t: t.number)
+    State = optuna.trial.TrialState
+    assert [t.state for t in trials] == [State.COMPLETE, State.FAIL, State.FAIL, State.FAIL]
+    assert trials[0].values == [0.9, 0.4]
+    assert [t.user_attrs.get("fail_reason") for t in trials] == [
+        None, "diverged: loss", "non-finite objective", "the trial raised"]
