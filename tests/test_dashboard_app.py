@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard import data
+from dashboard import details, fronts, load, views
+from dashboard_support import write_experiment, write_results
 from raysearch import store
-from test_dashboard_data import write_experiment, write_results
+from raysearch.schema import Stage
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 TIMEOUT = 120  # seconds per script run; generous for a loaded 2-core machine
@@ -64,8 +65,8 @@ def front_points(spec: dict) -> dict[str, set[tuple[float, float]]]:
     return out
 
 
-def expected_points(res: data.Results, view: str) -> dict[str, set[tuple[float, float]]]:
-    table = data.objectives(res.trials, res.evals, view).dropna(subset=["clean", "robust"])
+def expected_points(res: load.Results, view: str) -> dict[str, set[tuple[float, float]]]:
+    table = views.objectives(res.trials, res.evals, view).dropna(subset=["clean", "robust"])
     return {m: set(zip(sub["clean"], sub["robust"])) for m, sub in table.groupby("method")}
 
 
@@ -77,10 +78,10 @@ def root(tmp_path):
 def test_page_shows_each_methods_front_with_dominated_trials_faded(monkeypatch, root):
     at = run_app(monkeypatch, root)
     assert not at.error
-    res = data.load_results(root)
+    res = load.load_results(root)
     front = charts(at)[0]
-    assert front_points(front) == expected_points(res, data.PROXY)
-    table = data.with_front(data.objectives(res.trials, res.evals))
+    assert front_points(front) == expected_points(res, views.PROXY)
+    table = fronts.with_front(views.objectives(res.trials, res.evals))
     legend = [t for t in front["data"] if t["x"] == [None]]
     assert [t["name"] for t in legend] == ["pgd_at", "standard"]
     assert not any(t["showlegend"] for t in data_traces(front))
@@ -95,7 +96,7 @@ def test_page_shows_each_methods_front_with_dominated_trials_faded(monkeypatch, 
         assert all(len(cd) >= 2 for cd in trace["customdata"])  # (experiment, trial_id) for selection
     colours = {t["name"]: t["marker"]["color"] for t in front["data"]}
     assert len(set(colours.values())) == len(colours) == 2
-    hv = data.hypervolumes(table)
+    hv = fronts.hypervolumes(table)
     metrics = {m.label.split("· ")[1]: m.value for m in at.metric}
     assert metrics == {k: f"{v:.4f}" for k, v in hv.items()}
     assert "11 trials (8 completed, 2 failed, 1 running)" in at.caption[0].value
@@ -104,9 +105,9 @@ def test_page_shows_each_methods_front_with_dominated_trials_faded(monkeypatch, 
 def test_view_selector_offers_final_attacks_and_redraws(monkeypatch, root):
     at = run_app(monkeypatch, root)
     view = at.selectbox(key="view")
-    res = data.load_results(root)
-    assert view.options[:3] == [v.label for v in data.views(res.evals)][:3]
-    for key in (data.UNION_UNSEEN, "attack:square", "family:corruption"):
+    res = load.load_results(root)
+    assert view.options[:3] == [v.label for v in views.views(res.evals)][:3]
+    for key in (views.UNION_UNSEEN, "attack:square", "family:corruption"):
         at.selectbox(key="view").set_value(key).run()
         assert not at.exception and not at.error
         assert front_points(charts(at)[0]) == expected_points(res, key)
@@ -115,8 +116,8 @@ def test_view_selector_offers_final_attacks_and_redraws(monkeypatch, root):
 def test_seen_unseen_and_hypervolume_tabs(monkeypatch, root):
     at = run_app(monkeypatch, root)
     specs = charts(at)
-    res = data.load_results(root)
-    su = data.seen_unseen(res.trials, res.evals)
+    res = load.load_results(root)
+    su = views.seen_unseen(res.trials, res.evals)
     scatter = next(s for s in specs if "seen vs unseen" in title(s))
     pts = {(x, y) for t in scatter["data"] if t["name"] != "unseen = seen" for x, y in zip(t["x"], t["y"])}
     assert pts == set(zip(su["worst_seen"], su["union_unseen"]))
@@ -125,24 +126,24 @@ def test_seen_unseen_and_hypervolume_tabs(monkeypatch, root):
     curves = [s for s in specs if s["layout"].get("yaxis", {}).get("title", {}).get("text") == "hypervolume"]
     assert len(curves) == 2
     by_trials = {t["name"]: t["y"] for t in curves[0]["data"]}
-    table = data.with_front(data.objectives(res.trials, res.evals))
-    curve = data.hypervolume_curve(table)
+    table = fronts.with_front(views.objectives(res.trials, res.evals))
+    curve = fronts.hypervolume_curve(table)
     assert by_trials["pgd_at"] == pytest.approx(curve.loc[curve["method"] == "pgd_at", "hypervolume"].tolist())
     hours = {t["name"]: t["x"] for t in curves[1]["data"]}
     assert hours["standard"][-1] == pytest.approx(res.trials.loc[res.trials["method"] == "standard", "device_s"].sum() / 3600)
 
 
 def test_inspecting_trials_shows_hyperparameters_attacks_and_flags(monkeypatch, root):
-    exp = root / "pgd_at-digits"
-    evals = store.read_rows(exp / store.EVALS)
-    cand = next(r["trial_id"] for r in evals if r["stage"] == "final")
-    rows = store.read_rows(exp / store.TRIALS)
+    exp_dir = root / "pgd_at-digits"
+    evals = store.read_rows(exp_dir / store.EVALS)
+    cand = next(r["trial_id"] for r in evals if r["stage"] == Stage.FINAL)
+    rows = store.read_rows(exp_dir / store.TRIALS)
     for r in rows:
         r["masking_flags"] = "eot_gap" if r["trial_id"] == cand else None
-    store.write_trials(exp, rows)
+    store.write_trials(exp_dir, rows)
     at = run_app(monkeypatch, root)
     n_charts = len(at.get("plotly_chart"))
-    pick = data.label("pgd_at-digits", cand)
+    pick = details.label("pgd_at-digits", cand)
     at.multiselect(key="inspect").select(pick).run()
     assert not at.exception
     hp = next(df.value for df in at.dataframe if pick in df.value.columns)
@@ -153,7 +154,7 @@ def test_inspecting_trials_shows_hyperparameters_attacks_and_flags(monkeypatch, 
     specs = charts(at)
     assert len(specs) == n_charts + 1
     bars = next(s for s in specs if s["data"] and s["data"][0]["type"] == "bar" and s["data"][0]["name"] == pick)
-    final = [r for r in evals if r["trial_id"] == cand and r["stage"] == "final"]
+    final = [r for r in evals if r["trial_id"] == cand and r["stage"] == Stage.FINAL]
     assert len(bars["data"][0]["x"]) == len(final)
 
 
@@ -164,8 +165,8 @@ def test_trial_table_filters_and_downloads(monkeypatch, root):
     at.multiselect(key="f_methods").select("standard").run()
     at.checkbox(key="f_front").check().run()
     table = next(df.value for df in at.dataframe if "trial_id" in df.value.columns)
-    res = data.load_results(root)
-    front = data.with_front(data.objectives(res.trials, res.evals))
+    res = load.load_results(root)
+    front = fronts.with_front(views.objectives(res.trials, res.evals))
     want = front[(front["method"] == "standard") & front["on_front"]].sort_values("robust", ascending=False)
     assert table["trial_id"].tolist() == want["trial_id"].tolist()
     assert at.get("download_button") and at.get("download_button")[0].proto.label == "Download CSV"
@@ -217,15 +218,16 @@ def test_bad_argument_is_a_message(monkeypatch, root):
     assert "Bad dashboard argument" in at.error[0].value
 
 
+@pytest.mark.slow
 def test_real_search_results(monkeypatch, results_root):
     at = run_app(monkeypatch, results_root)
     assert not at.error
-    res = data.load_results(results_root)
+    res = load.load_results(results_root)
     assert set(res.trials["method"]) == {"pgd_at", "standard"}
     front = charts(at)[0]
-    assert front_points(front) == expected_points(res, data.PROXY)
-    has_final = not data.final_rows(res.evals).empty
+    assert front_points(front) == expected_points(res, views.PROXY)
+    has_final = not views.final_rows(res.evals).empty
     assert any("No final evaluation yet" in i.value for i in at.info) is not has_final
     if has_final:
-        at.selectbox(key="view").set_value(data.WORST_SEEN).run()
-        assert not at.exception and front_points(charts(at)[0]) == expected_points(res, data.WORST_SEEN)
+        at.selectbox(key="view").set_value(views.WORST_SEEN).run()
+        assert not at.exception and front_points(charts(at)[0]) == expected_points(res, views.WORST_SEEN)

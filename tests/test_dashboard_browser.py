@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from dashboard import data
+from dashboard import load, views
 from raysearch import store
+from raysearch.schema import Status
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "dashboard" / "app.py"
@@ -39,7 +40,7 @@ def root(request, tmp_path) -> Path:
     try:
         shared = request.getfixturevalue("results_root")
     except pytest.FixtureLookupError:
-        from test_dashboard_data import write_results
+        from dashboard_support import write_results
         shared = write_results(tmp_path / "generated")
     copy = tmp_path / "results"
     shutil.copytree(shared, copy, symlinks=True,
@@ -120,8 +121,8 @@ def test_page_draws_front_selects_and_updates_live(server, browser, root, tmp_pa
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    res = data.load_results(root)
-    table = data.objectives(res.trials, res.evals, data.PROXY)
+    res = load.load_results(root)
+    table = views.objectives(res.trials, res.evals, views.PROXY)
     expected = int(table[["clean", "robust"]].notna().all(axis=1).sum())
     assert expected > 0
 
@@ -149,7 +150,7 @@ def test_page_draws_front_selects_and_updates_live(server, browser, root, tmp_pa
     # a trial written while the page is open shows up without a reload
     exp = res.experiments[0]
     rows = store.read_rows(root / exp / store.TRIALS)
-    new = {**rows[0], "trial_id": "late_trial", "clean_acc": 0.5, "robust_acc": 0.25, "status": store.COMPLETED,
+    new = {**rows[0], "trial_id": "late_trial", "clean_acc": 0.5, "robust_acc": 0.25, "status": Status.COMPLETED,
            "finished_at": max(r["finished_at"] or 0 for r in rows) + 1}
     store.write_trials(root / exp, rows + [new])
     count = f"{len(res.trials) + 1} trials"
