@@ -53,7 +53,7 @@ def peak_for(name: str) -> float | None:
 
 def make_step(device, opts: perf.PerfOptions, batch: int, whole_step_bf16: bool, eps: float = 8 / 255):
     """A pgd_at trial's training state on synthetic CIFAR-shaped data; returns step() -> None."""
-    spec = data_mod.SPECS["cifar10"]
+    spec = data_mod.describe("cifar10")
     defense = REGISTRY["pgd_at"]
     cfg = trial_config("pgd_at", spec, {"attack_steps": 10, "eps_train": eps}, {}, 1, "preact18")
     torch.manual_seed(0)

@@ -124,7 +124,7 @@ def run_ray(args, root: Path, name: str) -> list[dict]:
 
     exp = ExperimentConfig(method=args.method, num_samples=1 + args.later_trials, max_epochs=args.epochs,
                            storage_path=str(root), name=name, sets=tuple(args.sets),
-                           eps_eval=data_mod.SPECS["digits"].eps_eval, eval_size=args.eval_size,
+                           eps_eval=data_mod.describe("digits").eps_eval, eval_size=args.eval_size,
                            eval_steps=args.eval_steps, final_eval=False, cpus_per_worker=args.threads,
                            max_concurrent=1)
     launch.run(exp)

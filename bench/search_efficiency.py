@@ -48,7 +48,7 @@ class _Id:
 
 def search(args, sampler: optuna.samplers.BaseSampler, n_trials: int, asha: bool) -> list[tuple[int, float]]:
     """Run one search; returns [(trial-epochs spent so far, hypervolume so far)] after each trial."""
-    spec = data_mod.SPECS[args.dataset]
+    spec = data_mod.describe(args.dataset)
     space = search_spaces.to_optuna(search_spaces.load(args.method), spec.eps_scale)
     defaults = dataclasses.asdict(default_config(args.method, spec))
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)

@@ -38,7 +38,8 @@ class ExperimentConfig:
     name: str = ""
     resume: bool = False
     sets: tuple[tuple[str, Any], ...] = ()  # (field, value) fixed for every trial
-    eps_eval: float = 0.0  # 0: the data set's default (8/255 on CIFAR/SVHN, 0.2 on digits)
+    eps_eval: float = 0.0  # 0: the data set's default (8/255 on CIFAR/SVHN, 0.3 on MNIST, 0.2 on digits)
+    eps_list: tuple[float, ...] = ()  # L∞ radii on [0, 1] at which the final evaluation also runs the seen attacks
     workers_per_trial: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0

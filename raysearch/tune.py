@@ -17,6 +17,7 @@ from pathlib import Path
 
 from raysearch import data as data_mod, perf
 from raysearch.config import ConfigError, ExperimentConfig, default_config, parse_set
+from raysearch.evaluate.suite import EvalError, check_radii
 from raysearch.search.schedulers import SCHEDULERS
 from trainables import REGISTRY
 from trainables.nets import ARCHS
@@ -38,11 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m raysearch.tune",
         description="Search a defense's hyperparameters for the clean vs robust accuracy Pareto front.")
     p.add_argument("--method", required=True, help=f"defense to search: {', '.join(REGISTRY)}")
-    p.add_argument("--dataset", default="digits", help=f"{', '.join(data_mod.DATASETS)} (default digits, bundled)")
-    p.add_argument("--data-dir", default="data", help="folder holding CIFAR/SVHN files (default ./data)")
-    p.add_argument("--download", action="store_true", help="download CIFAR/SVHN into --data-dir if absent")
-    p.add_argument("--arch", default="auto", help=f"classifier: auto, {', '.join(ARCHS)} (auto: small_cnn for "
-                                                  "digits, preact18 otherwise)")
+    p.add_argument("--dataset", default="digits",
+                   help=f"{', '.join(data_mod.DATASETS)} (default digits, bundled), or your own: folder:PATH (train/ "
+                        "and test/, one sub-folder of images per class) or npz:PATH (x_train, y_train, x_test, "
+                        "y_test); your own data needs --eps-eval")
+    p.add_argument("--data-dir", default="data", help="folder holding CIFAR/SVHN/MNIST files (default ./data)")
+    p.add_argument("--download", action="store_true", help="download CIFAR/SVHN/MNIST into --data-dir if absent")
+    p.add_argument("--arch", default="auto", help=f"classifier: auto, {', '.join(ARCHS)}, or module:function, a "
+                                                  "factory of your own (auto: small_cnn for images up to 28 px or "
+                                                  "with one channel, preact18 otherwise)")
     p.add_argument("--sampler", default="gp", help=f"Optuna sampler: {', '.join(SAMPLERS)} (default gp)")
     p.add_argument("--num-samples", type=int, default=12, help="trials to run (default 12)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
@@ -54,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a config field for every trial (repeatable; value parsed as a Python literal)")
     p.add_argument("--eps-eval", type=float, default=None,
-                   help="L∞ radius of the seen attack on [0,1] (default 8/255 on CIFAR/SVHN, 0.2 on digits)")
+                   help="L∞ radius of the seen attack on [0,1] (default 8/255 on CIFAR/SVHN, 0.3 on MNIST, "
+                        "0.2 on digits; required for folder: and npz: data)")
+    p.add_argument("--eps-list", type=float, nargs="+", action="extend", default=[], metavar="EPS",
+                   help="L∞ radii on [0,1] at which the final evaluation also runs the seen attacks, for "
+                        "accuracy-vs-eps curves (space-separated or repeated; default none); each radius "
+                        "is one more run of the seen suite, most of the final evaluation's time")
     p.add_argument("--workers-per-trial", type=int, default=1, help="DDP workers per trial (default 1)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker reserves (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each worker reserves (default 0)")
@@ -97,9 +107,8 @@ def make_config(args: argparse.Namespace) -> ExperimentConfig:
     """Validate everything that can be checked before Ray starts."""
     if args.method not in REGISTRY:
         raise UsageError(f"unknown method {args.method!r}; known: {', '.join(REGISTRY)}")
-    if args.dataset not in data_mod.DATASETS:
-        raise UsageError(f"unknown dataset {args.dataset!r}; known: {', '.join(data_mod.DATASETS)}")
-    if args.arch != "auto" and args.arch not in ARCHS:
+    dataset = data_mod.canonical(args.dataset)
+    if args.arch != "auto" and ":" not in args.arch and args.arch not in ARCHS:
         raise UsageError(f"unknown architecture {args.arch!r}; known: auto, {', '.join(ARCHS)}")
     if args.sampler not in SAMPLERS:
         raise UsageError(f"unknown sampler {args.sampler!r}; known: {', '.join(SAMPLERS)}")
@@ -122,6 +131,10 @@ def make_config(args: argparse.Namespace) -> ExperimentConfig:
         raise UsageError(f"--data-on-device must be one of {', '.join(perf.DATA_ON_DEVICE)}, got {args.data_on_device!r}")
     if args.eps_eval is not None and not (0 < args.eps_eval <= 1):
         raise UsageError(f"--eps-eval must be in (0, 1] on the [0,1] pixel scale, got {args.eps_eval}")
+    try:
+        eps_list = check_radii(args.eps_list)  # the final evaluation's own rule, checked before any work
+    except EvalError as e:
+        raise UsageError(str(e)) from None
     if args.cpus_per_worker < 0 or args.gpus_per_worker < 0:
         raise UsageError("--cpus-per-worker and --gpus-per-worker must not be negative")
     if args.gpus_per_worker > 1 and args.gpus_per_worker != int(args.gpus_per_worker):
@@ -132,7 +145,17 @@ def make_config(args: argparse.Namespace) -> ExperimentConfig:
         sets = parse_set(args.sets, args.method)
     except ConfigError as e:
         raise UsageError(str(e)) from None
-    spec = data_mod.SPECS[args.dataset]
+    data_dir = str(Path(args.data_dir).expanduser().resolve())
+    spec = data_mod.describe(dataset, data_dir, args.eps_eval)  # a user's data set: read and checked here
+    arch = args.arch
+    if ":" in arch:
+        from trainables.user_arch import ArchError, canonical_arch, check_arch
+
+        try:
+            arch = canonical_arch(arch)
+            check_arch(arch, spec, args.method)
+        except ArchError as e:
+            raise UsageError(str(e)) from None
     defaults = default_config(args.method, spec)
     for key, value in sets:
         fld = {f.name: f for f in dataclasses.fields(defaults)}[key]
@@ -141,7 +164,7 @@ def make_config(args: argparse.Namespace) -> ExperimentConfig:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key in ("epochs", "batch_size") and value < 1:
             raise UsageError(f"--set {key}={value}: must be at least 1")
     storage = Path(args.storage_path).expanduser().resolve()
-    name = args.name or f"{args.method}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = args.name or f"{args.method}-{data_mod.slug(dataset)}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or name.startswith("."):
         raise UsageError(f"--name {name!r}: use a plain folder name")
     exp_dir = storage / name
@@ -150,10 +173,11 @@ def make_config(args: argparse.Namespace) -> ExperimentConfig:
     if args.resume and not (exp_dir / "experiment.json").exists():
         raise UsageError(f"--resume: no experiment at {exp_dir}")
     return ExperimentConfig(
-        method=args.method, dataset=args.dataset, data_dir=str(Path(args.data_dir).expanduser().resolve()),
-        download=args.download, arch=args.arch, sampler=args.sampler, num_samples=args.num_samples,
+        method=args.method, dataset=dataset, data_dir=data_dir,
+        download=args.download, arch=arch, sampler=args.sampler, num_samples=args.num_samples,
         seed=args.seed, max_epochs=args.max_epochs, storage_path=str(storage), name=name, resume=args.resume,
-        sets=sets, eps_eval=args.eps_eval or spec.eps_eval, workers_per_trial=args.workers_per_trial,
+        sets=sets, eps_eval=args.eps_eval or spec.eps_eval, eps_list=eps_list,
+        workers_per_trial=args.workers_per_trial,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker, address=args.address,
         eval_size=args.eval_size, eval_steps=args.eval_steps, eot_samples=args.eot_samples,
         final_eval=not args.no_final_eval, final_eval_size=args.final_eval_size or (100 if REGISTRY[args.method].randomized else 1000),
@@ -169,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         exp = make_config(args)
-        data_mod.load(exp.dataset, exp.data_dir, exp.download)  # fail now, not in every trial
+        data_mod.load(exp.dataset, exp.data_dir, exp.download, eps_eval=exp.eps_eval)  # fail now, not in every trial
     except (UsageError, data_mod.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

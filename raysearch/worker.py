@@ -65,7 +65,7 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
     popts = perf.PerfOptions.from_mapping(dataclasses.asdict(exp))
     rank, world = _world()
     device = ray.train.torch.get_device()
-    data = data_mod.load(exp.dataset, exp.data_dir, download=False)
+    data = data_mod.load(exp.dataset, exp.data_dir, download=False, eps_eval=exp.eps_eval)
     spec = data.spec
     cfg = trial_config(method, spec, loop_cfg["sampled"], dict(exp.sets), exp.max_epochs, exp.arch)
     torch.manual_seed(cfg.seed * 1000 + rank)

@@ -17,6 +17,12 @@ def test_the_experiment_folder_is_derived_not_stored():
     assert "exp_dir" not in dataclasses.asdict(exp)  # so experiment.json does not record it
 
 
+def test_the_radii_of_a_robustness_curve_default_to_none():
+    exp = ExperimentConfig(method="standard")
+    assert exp.eps_list == () and dataclasses.asdict(exp)["eps_list"] == ()
+    assert dataclasses.replace(exp, eps_list=(0.1, 0.2)).eps_list == (0.1, 0.2)
+
+
 def test_importing_the_config_imports_no_torch():
     code = "import sys; import raysearch.config; print('torch' in sys.modules, 'trainables' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

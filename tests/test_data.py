@@ -1,43 +1,11 @@
-"""The data loaders, with CIFAR and SVHN files written here in torchvision's formats."""
-import pickle
+"""The data package's entry points (raysearch.data): ``load`` with its fixed splits and
+``describe``, the one place a data set's spec is looked up by name."""
+import dataclasses
 
-import numpy as np
 import pytest
-import scipy.io
 import torch
 
 from raysearch import data
-
-
-def write_cifar10(root, n=20):
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        d = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-             b"labels": [int(v) for v in rng.integers(0, 10, n)]}
-        with open(folder / name, "wb") as fh:
-            pickle.dump(d, fh)
-
-
-def write_cifar100(root, n=30):
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    for name in ("train", "test"):
-        d = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-             b"fine_labels": [int(v) for v in rng.integers(0, 100, n)],
-             b"coarse_labels": [0] * n}
-        with open(folder / name, "wb") as fh:
-            pickle.dump(d, fh)
-
-
-def write_svhn(root, n=25):
-    rng = np.random.default_rng(2)
-    for split in ("train", "test"):
-        x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
-        y = rng.integers(1, 11, (n, 1))  # SVHN stores the digit 0 as label 10
-        scipy.io.savemat(str(root / f"{split}_32x32.mat"), {"X": x, "y": y})
 
 
 def test_digits_splits_are_disjoint_and_fixed(digits):
@@ -48,60 +16,33 @@ def test_digits_splits_are_disjoint_and_fixed(digits):
     assert digits.train.images().min() >= 0 and digits.train.images().max() == 1
 
 
-def test_digits_are_scikit_learns_digits(digits):
-    """Read from scikit-learn's file without importing it: the same images and labels."""
-    from sklearn.datasets import load_digits
-
-    ref = load_digits()
-    x = torch.cat([digits.train.x, digits.val.x, digits.test.x]).flatten(1).numpy()
-    y = torch.cat([digits.train.y, digits.val.y, digits.test.y]).numpy()
-    order = np.lexsort(np.c_[x, y].T)
-    ref_x = ref.images.reshape(len(ref.target), -1)
-    ref_order = np.lexsort(np.c_[ref_x, ref.target].T)
-    assert np.array_equal(x[order], ref_x[ref_order]) and np.array_equal(y[order], ref.target[ref_order])
-    assert digits.train.scale == 16.0 and digits.test.images().max() == 1.0
+def test_describe_gives_the_spec_load_gives(digits):
+    assert data.describe("digits") == digits.spec == data.SPECS["digits"]
+    assert data.DATASETS == ("digits", "cifar10", "cifar100", "svhn", "mnist", "fashion_mnist")
 
 
-def test_cifar10_from_files_in_torchvision_format(tmp_path):
-    write_cifar10(tmp_path, n=220)
-    d = data.load("cifar10", tmp_path)
-    assert d.train.x.shape[1:] == (3, 32, 32) and d.train.x.dtype == torch.uint8
-    assert len(d.train) + len(d.val) == 5 * 220 and len(d.test) == 220
-    assert d.spec.classes == 10 and d.augment and d.flip
+def test_a_builtin_spec_does_not_move_with_the_radius():
+    """--eps-eval on a built-in data set changes the evaluation radius only (the caller applies it);
+    its spec, and so the budgets scaled by eps_scale, stay the data set's."""
+    assert data.describe("cifar10", eps_eval=0.1) == data.describe("cifar10")
+    assert data.describe("digits", "/nowhere") == data.SPECS["digits"]  # a spec reads no files
 
 
-def test_cifar100_and_svhn(tmp_path):
-    write_cifar100(tmp_path, n=1100)
-    d = data.load("cifar100", tmp_path)
-    assert d.spec.classes == 100 and int(d.train.y.max()) < 100
-    write_svhn(tmp_path, n=1100)
-    s = data.load("svhn", tmp_path)
-    assert s.train.x.shape[1:] == (3, 32, 32)
-    assert int(s.train.y.min()) >= 0 and int(s.train.y.max()) <= 9 and not s.flip
+def test_every_builtin_spec_is_consistent():
+    for name, spec in data.SPECS.items():
+        assert spec.name == name and len(spec.mean) == len(spec.std) == spec.channels
+        assert spec.eps_scale == pytest.approx(spec.eps_eval / data.CIFAR_EPS)
+        assert name in data.VAL_SIZE
 
 
-def test_missing_data_says_where_to_put_it(tmp_path):
-    with pytest.raises(data.DataError, match="--download"):
-        data.load("cifar10", tmp_path)
-    with pytest.raises(data.DataError, match="--download"):
-        data.load("svhn", tmp_path)
+def test_the_spec_is_recordable():
+    """experiment.json records the spec as plain JSON values."""
+    recorded = dataclasses.asdict(data.describe("mnist"))
+    assert recorded["channels"] == 1 and recorded["mean"] == (0.1307,) and recorded["eps_eval_l2"] == 2.0
 
 
-class _Evil:
-    def __reduce__(self):
-        return (print, ("this must never run",))
-
-
-def test_a_crafted_pickle_is_refused(tmp_path):
-    write_cifar10(tmp_path)
-    with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "wb") as fh:
-        pickle.dump({b"data": _Evil(), b"labels": []}, fh)
-    with pytest.raises(data.DataError, match="refusing"):
-        data.load("cifar10", tmp_path)
-
-
-def test_augment_keeps_shape_and_range():
-    x = torch.rand(16, 3, 32, 32)
-    out = data.augment_batch(x, flip=True)
-    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
-    assert not torch.equal(out, x)
+def test_unknown_names_are_one_line():
+    with pytest.raises(data.DataError, match="known: digits, .*npz:PATH"):
+        data.describe("imagenet")
+    with pytest.raises(data.DataError, match="unknown kind"):
+        data.load("csv:/tmp/x.csv")

@@ -60,7 +60,8 @@ class Config(BaseConfig):
     eval_eps_z: float = 0.2  # latent radius of the on-manifold evaluation attack (fixed per search)
     eval_steps: int = 20  # PGD steps of the on-manifold evaluation attack
     # flow: a fixed per-data-set setting (0: by image size), trained once and cached
-    flow_levels: int = 0  # multiscale levels; 0: 2 for images ≤ 16 px, 3 otherwise
+    flow_levels: int = 0  # multiscale levels; 0: 2 for images ≤ 16 px, 3 otherwise, fewer where
+    # the side is not divisible by 2^levels (28 px: 2)
     flow_blocks: int = 0  # Glow blocks per level; 0: 4 for images ≤ 16 px, 8 otherwise
     flow_hidden: int = 0  # coupling-net channels; 0: 32 for images ≤ 16 px, 256 otherwise
     flow_epochs: int = 0  # maximum-likelihood passes; 0: 30 for images ≤ 16 px, 100 otherwise
@@ -69,8 +70,14 @@ class Config(BaseConfig):
 
 
 def flow_setting(cfg, spec: DataSpec) -> dict[str, int]:
+    """The flow's size for ``spec``: the config's values, or by image size. Each level halves the
+    image side, so the levels are at most as many as 2 divides the side (28 px: 2), and at least 1
+    (an odd side is refused by GlowFlow)."""
     small = spec.size <= 16
-    return {"levels": cfg.flow_levels or (2 if small else 3),
+    levels = 2 if small else 3
+    while levels > 1 and spec.size % 2 ** levels:
+        levels -= 1
+    return {"levels": cfg.flow_levels or levels,
             "blocks": cfg.flow_blocks or (4 if small else 8),
             "hidden": cfg.flow_hidden or (32 if small else 256),
             "epochs": cfg.flow_epochs or (30 if small else 100)}

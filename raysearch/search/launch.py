@@ -29,7 +29,7 @@ def run(exp: ExperimentConfig) -> int:
     """Run the search ``exp`` describes; 0 when it ran to its end. Raises LaunchError for a
     problem with the cluster or the experiment folder."""
     exp_dir = exp.exp_dir
-    spec = data_mod.SPECS[exp.dataset]
+    spec = data_mod.describe(exp.dataset, exp.data_dir, exp.eps_eval)
     space_data = search_spaces.load(exp.method)
     fixed = dict(exp.sets)
     space_data = {k: v for k, v in space_data.items() if k not in fixed}
@@ -76,7 +76,7 @@ def _new_tuner(exp: ExperimentConfig, trainable, space: dict, callback: StoreCal
     the first trial where the search space holds them."""
     exp_dir = exp.exp_dir
     study_storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / 'optuna.db'}")
-    defaults = dataclasses.asdict(default_config(exp.method, data_mod.SPECS[exp.dataset]))
+    defaults = dataclasses.asdict(default_config(exp.method, data_mod.describe(exp.dataset, exp.data_dir, exp.eps_eval)))
     start = {k: defaults[k] for k in space if search_spaces.contains(space[k], defaults[k])}
     searcher = Searcher(space=space, metric=list(OBJECTIVES), mode=["max", "max"],
                         sampler=make_sampler(exp.sampler, exp.seed, exp.num_samples),

@@ -1,6 +1,7 @@
 """What experiment.json records about a search besides its results: the experiment config, the
-search space, the objectives, library versions, the code's git revision and whether its checkout
-had uncommitted changes, and the hardware."""
+data set's spec (shape, classes, normalization, radii), the search space, the objectives, library
+versions, the code's git revision and whether its checkout had uncommitted changes, and the
+hardware."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from raysearch import data as data_mod
 from raysearch.config import ExperimentConfig
 from raysearch.schema import SCHEMA_VERSION
 from raysearch.search.searcher import OBJECTIVES
@@ -54,6 +56,7 @@ def provenance(exp: ExperimentConfig, space: dict, resources: dict) -> dict:
         except ImportError:
             versions[mod] = None
     return {"schema_version": SCHEMA_VERSION, "config": dataclasses.asdict(exp),
+            "data_spec": dataclasses.asdict(data_mod.describe(exp.dataset, exp.data_dir, exp.eps_eval)),
             "objectives": list(OBJECTIVES), "search_space": space, "versions": versions,
             "git_revision": git_revision(), "git_dirty": git_dirty(),
             "python": sys.version.split()[0], "platform": platform.platform(),

@@ -1,33 +1,22 @@
-"""Data sets as uint8 tensors in memory, split into train / validation / test.
-
-* ``digits``: scikit-learn's bundled 8×8 handwritten digits (1797 images, 17 grey levels),
-  works offline; the default for smoke runs and tests.
-* ``cifar10``, ``cifar100``, ``svhn``: the torchvision file formats under ``--data-dir``
-  (downloaded by torchvision with ``--download``). CIFAR's python batches are pickles; they are
-  read with an unpickler that only accepts the numpy types those files contain.
-
-The validation split (held out from training) drives the search; the test split is only for
-the final evaluation, so hyperparameters are never chosen on test data.
-"""
+"""The built-in data sets: their specs (``SPECS``), validation sizes, and readers of their
+files. ``digits`` is scikit-learn's bundled file; the others are torchvision's file formats
+under ``--data-dir``, downloaded by torchvision with ``--download``."""
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import io
 import pickle
-from dataclasses import dataclass
+import struct
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from trainables.base import DataSpec
+from raysearch.data.splits import DataError, Split
+from trainables.spec import DataSpec
 
 CIFAR_EPS = 8 / 255
-
-
-class DataError(Exception):
-    """Data is missing or malformed; the message says what to do."""
-
 
 SPECS = {
     "digits": DataSpec("digits", 1, 8, 10, (0.305,), (0.38,), eps_eval=0.2, eps_eval_l2=1.0,
@@ -38,55 +27,26 @@ SPECS = {
                          eps_eval=CIFAR_EPS, eps_eval_l2=0.5, eps_scale=1.0),
     "svhn": DataSpec("svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
                      eps_eval=CIFAR_EPS, eps_eval_l2=0.5, eps_scale=1.0),
+    # the MNIST robustness benchmark's radii (L∞ 0.3, L2 2.0); Fashion-MNIST uses the same
+    "mnist": DataSpec("mnist", 1, 28, 10, (0.1307,), (0.3081,), eps_eval=0.3, eps_eval_l2=2.0,
+                      eps_scale=0.3 / CIFAR_EPS),
+    "fashion_mnist": DataSpec("fashion_mnist", 1, 28, 10, (0.2860,), (0.3530,), eps_eval=0.3,
+                              eps_eval_l2=2.0, eps_scale=0.3 / CIFAR_EPS),
 }
-DATASETS = tuple(SPECS)
-VAL_SIZE = {"digits": 180, "cifar10": 1000, "cifar100": 1000, "svhn": 1000}
+VAL_SIZE = {"digits": 180, "cifar10": 1000, "cifar100": 1000, "svhn": 1000, "mnist": 5000,
+            "fashion_mnist": 5000}
+AUGMENTED = ("cifar10", "cifar100", "svhn")  # random crops; CIFAR also flips (SVHN's digits would mirror)
 
 
-@dataclass
-class Split:
-    x: torch.Tensor  # uint8, N×C×H×W
-    y: torch.Tensor  # int64, N
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def images(self, idx=None) -> torch.Tensor:
-        """Float images in [0, 1]."""
-        x = self.x if idx is None else self.x[idx]
-        return x.float().div_(self.scale)
-
-    scale: float = 255.0
-
-
-@dataclass
-class Data:
-    spec: DataSpec
-    train: Split
-    val: Split
-    test: Split
-    augment: bool  # random crop + flip in the training loop (32×32 natural images)
-    flip: bool
-
-
-def load(name: str, data_dir: str | Path = "data", download: bool = False) -> Data:
-    if name not in SPECS:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+def read(name: str, root: Path, download: bool) -> tuple[Split, Split]:
+    """(train, test) of the built-in data set ``name``."""
     if name == "digits":
-        train, test = _digits()
-    elif name in ("cifar10", "cifar100"):
-        train, test = _cifar(name, Path(data_dir), download)
-    else:
-        train, test = _svhn(Path(data_dir), download)
-    train, val = _hold_out(train, VAL_SIZE[name])
-    return Data(SPECS[name], train, val, test, augment=name != "digits", flip=name.startswith("cifar"))
-
-
-def _hold_out(split: Split, n: int, seed: int = 0) -> tuple[Split, Split]:
-    perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
-    keep, held = perm[n:], perm[:n]
-    return (Split(split.x[keep], split.y[keep], split.scale),
-            Split(split.x[held], split.y[held], split.scale))
+        return _digits()
+    if name in CIFAR:
+        return _cifar(name, root, download)
+    if name in MNIST_FOLDER:
+        return _mnist(name, root, download)
+    return _svhn(root, download)
 
 
 def _digits_file() -> Path:
@@ -193,35 +153,63 @@ def _svhn(root: Path, download: bool) -> tuple[Split, Split]:
     return out[0], out[1]
 
 
-def eval_subset(split: Split, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed subset (same seed -> same images) as float images and labels."""
-    n = min(n, len(split))
-    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n]
-    return split.images(idx), split.y[idx]
+# torchvision's raw layout: <root>/<class name>/raw/<file>, each file optionally gzipped
+MNIST_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
-def shuffled_batches(split: Split, batch_size: int, device: torch.device | str = "cpu",
-                     augment: bool = False, flip: bool = False):
-    """One shuffled pass over ``split`` as (images, labels) batches on ``device``, with random
-    crop (and flip) when ``augment``: the loader of component pre-training."""
-    perm = torch.randperm(len(split))
-    for i in range(0, len(perm), batch_size):
-        idx = perm[i:i + batch_size]
-        x = split.images(idx).to(device)
-        yield (augment_batch(x, flip) if augment else x), split.y[idx].to(device)
+def _idx_file(raw: Path, filename: str) -> Path | None:
+    """``raw/filename`` or its gzipped copy, whichever exists."""
+    for path in (raw / filename, raw / f"{filename}.gz"):
+        if path.is_file():
+            return path
+    return None
 
 
-def augment_batch(x: torch.Tensor, flip: bool, pad: int = 4) -> torch.Tensor:
-    """Random crop with zero padding and (optionally) horizontal flip, per image, on x's device."""
-    n, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    i = torch.randint(0, 2 * pad + 1, (n,), device=x.device)
-    j = torch.randint(0, 2 * pad + 1, (n,), device=x.device)
-    rows = (i[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (j[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    out = padded[torch.arange(n, device=x.device)[:, None, None, None],
-                 torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
-    if flip:
-        mask = torch.rand(n, device=x.device) < 0.5
-        out[mask] = out[mask].flip(3)
-    return out
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file of unsigned bytes (the MNIST format: magic 0x0000 08 <ndim>, big-endian int32
+    dimensions, then the data), plain or gzipped."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path} cannot be read ({e})") from None
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+        raise DataError(f"{path} is not an IDX file of unsigned bytes (MNIST's format)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path} is truncated (its header names {ndim} dimensions)")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    if len(raw) - header != int(np.prod(dims)):
+        raise DataError(f"{path} holds {len(raw) - header} bytes for an array of shape {dims}")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def _mnist(name: str, root: Path, download: bool) -> tuple[Split, Split]:
+    raw = root / MNIST_FOLDER[name] / "raw"
+    wanted = [f for pair in MNIST_FILES.values() for f in pair]
+    if download and any(_idx_file(raw, f) is None for f in wanted):
+        import torchvision
+
+        cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
+        try:
+            cls(str(root), train=True, download=True)
+        except Exception as e:  # network errors come in many types; report them in one line
+            raise DataError(f"could not download {name} into {root}: {e}") from None
+    missing = [f for f in wanted if _idx_file(raw, f) is None]
+    if missing:
+        raise DataError(f"{name} not found: expected {raw / missing[0]} (torchvision's raw IDX format, "
+                        f"optionally .gz); put the files under --data-dir {root} or pass --download")
+    out = []
+    for images_file, labels_file in MNIST_FILES.values():
+        x = read_idx(_idx_file(raw, images_file))
+        y = read_idx(_idx_file(raw, labels_file))
+        if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"{raw}: {images_file} / {labels_file} hold shapes {x.shape} / {y.shape}; "
+                            f"expected N×28×28 images and N labels")
+        if y.size and int(y.max()) > 9:
+            raise DataError(f"{raw / labels_file}: label {int(y.max())} is out of range 0..9")
+        out.append(Split(torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))))
+    return out[0], out[1]
