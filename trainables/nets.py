@@ -1,12 +1,14 @@
-"""Classifier architectures. Every classifier takes [0, 1] images, normalizes inside, and
-exposes ``features(x)`` (penultimate features, flat) and ``head`` (the last linear layer), so
-methods that work on latents (rvs, atld) use any architecture."""
+"""Classifier architectures. Every built-in classifier takes [0, 1] images, normalizes inside,
+and exposes ``features(x)`` (penultimate features, flat) and ``head`` (the last linear layer), so
+methods that work on latents (rvs, atld) use any of them. A ``module:function`` arch is a user's
+own factory, built by ``trainables.user_arch``."""
 from __future__ import annotations
 
 import torch
 from torch.nn import functional
 from torch import nn
 
+from trainables import user_arch
 from trainables.spec import DataSpec
 
 
@@ -110,10 +112,14 @@ ARCHS = {
 
 
 def resolve_arch(arch: str, spec: DataSpec) -> str:
+    """``auto``: the small CNN for small or single-channel images (digits, MNIST), PreAct
+    ResNet-18 otherwise (CIFAR, SVHN)."""
     if arch == "auto":
-        return "small_cnn" if spec.size <= 16 else "preact18"
+        return "small_cnn" if spec.size <= 28 or spec.channels == 1 else "preact18"
     return arch
 
 
-def make_classifier(arch: str, spec: DataSpec) -> Classifier:
+def make_classifier(arch: str, spec: DataSpec) -> nn.Module:
+    if user_arch.is_user_arch(arch):
+        return user_arch.make_user_classifier(arch, spec)
     return ARCHS[resolve_arch(arch, spec)](spec)
