@@ -9,6 +9,10 @@ times every ``--refresh`` seconds and redraws when they change (0 turns this off
 Layout only: the results come from :mod:`dashboard.load`, cached here on the files'
 fingerprint so a redraw without new results reads nothing; every table from the pure functions
 of the other ``dashboard`` modules, every chart from :mod:`dashboard.figures`.
+
+Where the final evaluation ran with ``--eps-list``, a radius selector beside the view redraws
+the fronts of seen-attack views at another radius, and the selected trials' details draw their
+accuracy against ε.
 """
 from __future__ import annotations
 
@@ -20,12 +24,13 @@ from contextlib import contextmanager
 import pandas as pd
 import streamlit as st
 
-from dashboard import details, figures, fronts, load, recorded, trial_table, views
+from dashboard import curves, details, figures, fronts, load, recorded, trial_table, views
 from raysearch.schema import HP_PREFIX, hp_columns
 
 logger = logging.getLogger("dashboard")
 
 MAX_BARS = 8  # selected trials drawn in the per-attack chart; the tables show them all
+EPS_EVAL = "eps_eval"  # the radius selector's default: each trial's own ε_eval
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -128,6 +133,12 @@ def show_details(res: load.Results, keys: list[tuple[str, str]]) -> None:
             stages = ", ".join(sorted(set(shown["stage"])))
             st.markdown(f"Accuracy per attack ({stages} stage)")
             st.plotly_chart(figures.attack_bars(shown), key="attack_bars")
+        curve = curves.curves(res.trials, res.evals, keys)
+        if (curve["point"] == curves.POINT_RADIUS).any():
+            st.plotly_chart(figures.robustness_curve_figure(curve), key="robustness_curve")
+        elif len(curve):
+            st.caption("No robustness curve for these trials: `python -m raysearch.evaluate --eps-list ...` "
+                       "runs the seen attacks at further radii.")
 
 
 def tab_front(res: load.Results, table: pd.DataFrame, group: str, cmap: dict, view: views.View) -> None:
@@ -240,6 +251,21 @@ def tab_hyperparameters(res: load.Results, table: pd.DataFrame, cmap: dict, view
                     key="hp_slices")
 
 
+def pick_radius(slot, res: load.Results, view: views.View) -> float | None:
+    """The L∞ radius the objectives are taken at: None for each trial's ε_eval (the default).
+    Offered for the views of seen attacks once a final evaluation covered further radii."""
+    radii = {f"{r:g}": r for r in curves.radii(res.evals)}
+    if not radii or not curves.applies(view.key, res.evals):
+        return None
+    options = [EPS_EVAL] + list(radii)
+    if st.session_state.get("radius") not in options:
+        st.session_state["radius"] = EPS_EVAL  # the radius it named is gone (experiment hidden)
+    picked = slot.selectbox("at L∞ radius", options, key="radius",
+                            format_func=lambda r: "ε_eval (the search's)" if r == EPS_EVAL else f"ε = {r}",
+                            help="Radii of the final evaluation's robustness curve (--eps-list).")
+    return radii.get(picked)
+
+
 def main() -> None:
     import sys
 
@@ -281,10 +307,16 @@ def main() -> None:
     options = {v.key: v for v in views.views(res.evals)}
     if st.session_state.get("view") not in options:
         st.session_state["view"] = views.PROXY  # the final rows it named are gone (experiment hidden)
-    key = st.selectbox("Robust accuracy under", list(options), key="view", format_func=lambda k: options[k].label,
-                       help="The search's per-epoch proxy, or the final attack suite (after the search).")
+    left, right = st.columns([3, 1])
+    key = left.selectbox("Robust accuracy under", list(options), key="view", format_func=lambda k: options[k].label,
+                         help="The search's per-epoch proxy, or the final attack suite (after the search).")
     view = options[key]
-    table = fronts.with_front(views.objectives(res.trials, res.evals, view.key), group)
+    radius = pick_radius(right, res, view)
+    if radius is None:
+        table = fronts.with_front(views.objectives(res.trials, res.evals, view.key), group)
+    else:
+        table = fronts.with_front(curves.objectives_at(res.trials, res.evals, view.key, radius), group)
+        view = views.View(view.key, curves.label_at(view.label, radius))
     tabs = st.tabs(["Pareto front", "Seen vs unseen", "Hypervolume", "Trials", "Hyperparameters"])
     with tabs[0], guarded("the Pareto front"):
         tab_front(res, table, group, cmap, view)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from dashboard.load import KEY
-from dashboard.views import attack_rows, clean_accuracy, final_rows, is_aggregate
+from dashboard.views import attack_rows, clean_accuracy, final_rows, is_aggregate, is_curve
 from raysearch.schema import HP_PREFIX, Stage, Threat, hp_columns
 
 THREAT_ORDER = {Threat.CLEAN: 0, Threat.SEEN: 1, Threat.UNSEEN: 2}  # checks and the rest after these
@@ -68,12 +68,13 @@ def _display(v: Any) -> Any:
 
 def attack_accuracies(evals: pd.DataFrame, keys: Iterable[tuple[str, str]]) -> pd.DataFrame:
     """Long table (trial, attack, threat, accuracy, stage) for the selected trials: their final
-    rows where they have some, else the per-epoch rows of their last epoch."""
+    rows at ε_eval where they have some (the robustness curve is :func:`dashboard.curves.curves`),
+    else the per-epoch rows of their last epoch."""
     sub = _subset(evals, keys)
     sub = sub[sub["accuracy"].notna()] if len(sub) else sub
     parts = []
     for key, grp in sub.groupby(KEY):
-        fin = grp[grp["stage"] == Stage.FINAL]
+        fin = grp[(grp["stage"] == Stage.FINAL) & ~is_curve(grp)]
         if fin.empty:
             fin = grp[grp["stage"] == Stage.TRIAL]
             fin = fin[fin["epoch"] == fin["epoch"].max()]

@@ -1,6 +1,6 @@
 """The dashboard's Plotly figures, built from the tables of :mod:`dashboard.views`,
-:mod:`dashboard.fronts` and :mod:`dashboard.details`: no Streamlit, no reading. Accuracies are
-fractions in [0, 1], shown as percentages."""
+:mod:`dashboard.fronts`, :mod:`dashboard.details` and :mod:`dashboard.curves`: no Streamlit,
+no reading. Accuracies are fractions in [0, 1], shown as percentages."""
 from __future__ import annotations
 
 import numpy as np
@@ -146,6 +146,28 @@ def curve_figure(curve: pd.DataFrame, x: str, group: str, cmap: dict[str, str], 
                         hovertemplate="after %{customdata[0]}<br>%{x:.3g}: %{y:.4f}<extra>" + str(g) + "</extra>")
     fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10}, title=title,
                       xaxis_title=x.replace("_", " "), yaxis_title="hypervolume")
+    return fig
+
+
+POINT_SYMBOLS = {"clean": "circle-open", "eps_eval": "diamond", "radius": "circle"}  # dashboard.curves' points
+
+
+def robustness_curve_figure(curve: pd.DataFrame) -> go.Figure:
+    """Accuracy against the L∞ radius, one line per trial (the table of
+    :func:`dashboard.curves.curves`): clean at ε = 0, each trial's ε_eval as a diamond."""
+    fig = go.Figure()
+    for i, (trial, sub) in enumerate(curve.groupby("trial", sort=False)):
+        fig.add_scatter(x=sub["eps"], y=sub["accuracy"], mode="lines+markers", name=trial,
+                        line={"color": PALETTE[i % len(PALETTE)]},
+                        marker={"size": [12 if p == "eps_eval" else 8 for p in sub["point"]],
+                                "symbol": [POINT_SYMBOLS.get(p, "circle") for p in sub["point"]]},
+                        customdata=sub[["point"]].to_numpy(),
+                        hovertemplate="ε %{x:.4g} (%{customdata[0]}): %{y:.3f}<extra>" + trial + "</extra>")
+    fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      title="Accuracy vs ε: worst case over seen attacks",
+                      xaxis={"title": "L∞ radius ε ([0, 1] pixel scale)", "rangemode": "tozero"},
+                      yaxis={"title": "accuracy", "tickformat": PCT, "range": [0, 1.02]},
+                      legend={"orientation": "h", "y": -0.3})
     return fig
 
 

@@ -8,6 +8,10 @@ The objectives are accuracies in [0, 1], both maximized. The views:
 * ``attack:<name>`` — one attack of the final suite; ``family:<name>`` — the worst attack of
   one family. Final rows exist only for the trials the final evaluation covered (the Pareto
   candidates), and only once it has run.
+
+Every view here is at each trial's ε_eval: the robustness curve's rows at other radii
+(``<attack>@<radius>``, see ``raysearch.schema.curve_attack``) are left out of ``final_rows``;
+:mod:`dashboard.curves` reads them.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from dashboard.load import KEY
-from raysearch.schema import Stage, Status, Threat
+from raysearch.schema import CURVE_MARK, Stage, Status, Threat
 
 PROXY = "proxy"
 WORST_SEEN = "worst_seen"
@@ -32,10 +36,16 @@ class View:
     label: str
 
 
+def is_curve(rows: pd.DataFrame) -> pd.Series:
+    """Robustness-curve rows: a seen attack or worst_seen at another radius than ε_eval."""
+    return rows["attack"].fillna("").str.contains(CURVE_MARK, regex=False)
+
+
 def final_rows(evals: pd.DataFrame) -> pd.DataFrame:
+    """The final evaluation's rows at each trial's ε_eval (no robustness-curve rows)."""
     if evals.empty:
         return evals
-    return evals[(evals["stage"] == Stage.FINAL) & evals["accuracy"].notna()]
+    return evals[(evals["stage"] == Stage.FINAL) & evals["accuracy"].notna() & ~is_curve(evals)]
 
 
 def is_aggregate(rows: pd.DataFrame) -> pd.Series:

@@ -88,7 +88,8 @@ TRIAL_COLUMNS: dict[str, Column] = {
     "startup_s": _c("float", "from the trial's start to its first training step", SECONDS),
     "stopped_early": _c("bool", "stopped by the early-stopping scheduler (its last epoch counts)"),
     "resumed_from": _c("int", "latest epoch a restarted worker group resumed from (0: never)", EPOCHS),
-    "checkpoint": _c("str", "folder of the trial's last checkpoint"),
+    "checkpoint": _c("str", "folder of the trial's last checkpoint, relative to the experiment folder (absolute in "
+                            "results written before that rule; readers resolve both)"),
     "config_json": _c("str", "the trial's full config as JSON"),
     "final_clean_acc": _c("float", "final suite: clean accuracy (test split)", FRACTION),
     "final_worst_seen": _c("float", "final suite: per-image worst case over seen attacks", FRACTION),
@@ -104,11 +105,13 @@ EVAL_COLUMNS: dict[str, Column] = {
     "dataset": _c("str", "data set name"),
     "stage": _c("str", "one of Stage"),
     "epoch": _c("int", "epoch the proxy ran after; -1 for the final stage", EPOCHS),
-    "attack": _c("str", "attack or aggregate name, e.g. clean, pgd20_linf, apgd_ce, worst_seen"),
+    "attack": _c("str", "attack or aggregate name, e.g. clean, pgd20_linf, apgd_ce, worst_seen; at ε_eval a plain "
+                        "name, at the robustness curve's other L∞ radii '<name>@<radius>' (curve_attack)"),
     "family": _c("str", "attacks of one family are variants of one method, e.g. pgd, apgd, corruption"),
-    "threat": _c("str", "one of Threat"),
+    "threat": _c("str", "one of Threat; the seen attacks keep 'seen' on the robustness curve's '<name>@<radius>' rows"),
     "norm": _c("str", "linf, l2, flow, colour, dct, none; mixed for aggregates"),
-    "eps": _c("float", "the attack's budget in its norm's units; NaN where none applies"),
+    "eps": _c("float", "the attack's budget in its norm's units; NaN where none applies (aggregates at ε_eval); "
+                       "on '<name>@<radius>' rows the radius, aggregates included"),
     "accuracy": _c("float", "accuracy on the n images", FRACTION),
     "n": _c("int", "images evaluated"),
     "eot_samples": _c("int", "random draws per gradient and score (1: deterministic predictor)"),
@@ -116,6 +119,15 @@ EVAL_COLUMNS: dict[str, Column] = {
 }
 
 FINAL_EPOCH = -1  # evals.parquet epoch of final-stage rows
+CURVE_MARK = "@"  # in an evals.parquet attack name: a robustness-curve row at another radius than ε_eval
+
+
+def curve_attack(attack: str, radius: float) -> str:
+    """The evals.parquet ``attack`` of a robustness-curve row: a seen attack or aggregate run at
+    the L∞ ``radius`` (not ε_eval), e.g. ``worst_seen@0.1``. The distinct name keeps every
+    reader of a plain name (``worst_seen``) on the ε_eval result and (trial, stage, epoch,
+    attack) a unique key; the row's ``eps`` holds the radius exactly."""
+    return f"{attack}{CURVE_MARK}{radius:g}"
 
 
 class SchemaError(ValueError):

@@ -1,6 +1,7 @@
 """Shared pieces of the dashboard tests (tests/test_dashboard_*.py): results folders written
 through raysearch.store as a search and its final evaluation write them: several methods, hp_*
-columns, per-epoch and final rows, a failed and a running trial."""
+columns, per-epoch and final rows, a failed and a running trial, and (``curve``) the robustness
+curve's rows at further radii."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,7 @@ import numpy as np
 
 from raysearch import store
 from raysearch.pareto import pareto_mask
-from raysearch.schema import FINAL_EPOCH, Stage, Status, Threat
+from raysearch.schema import FINAL_EPOCH, Stage, Status, Threat, curve_attack
 
 # the final suite as raysearch.evaluate writes it: single attacks, per-family worst cases
 # ("worst_<family>"), worst_seen / union_unseen and other aggregates (norm "mixed"), ε-sweep checks
@@ -25,9 +26,11 @@ HP = {"pgd_at": {"eps_train": (0.05, 0.3), "attack_steps": (3, 10), "lr": (0.01,
 
 def write_experiment(root: Path, method: str, n: int = 6, seed: int = 0, final: bool = True,
                      failed: bool = True, running: bool = False, name: str | None = None,
-                     t0: float = 1.7e9) -> Path:
+                     t0: float = 1.7e9, curve: tuple[float, ...] = ()) -> Path:
     """One experiment folder as a search writes it: trials with a clean/robust trade-off driven
-    by eps_train, per-epoch proxy rows, and the final suite on the trials of the front."""
+    by eps_train, per-epoch proxy rows, and the final suite on the trials of the front (with
+    ``curve``: also its seen attacks at those radii, as ``--eps-list`` writes them; ε_eval is
+    0.2). The random draws do not depend on ``curve``, so the rest is the same with or without."""
     rng = np.random.default_rng(seed)
     name = name or f"{method}-digits"
     exp_dir = root / name
@@ -99,6 +102,8 @@ def write_experiment(root: Path, method: str, n: int = 6, seed: int = 0, final: 
             for attack, (fam, threat, acc) in aggregates.items():
                 evals.append({**base, "attack": attack, "family": fam, "threat": threat, "norm": "mixed",
                               "eps": None, "accuracy": max(0.0, acc)})
+            for radius in curve:
+                evals.extend(curve_rows(base, accs, radius))
             t["final_clean_acc"] = t["clean_acc"] - 0.005
             t["final_worst_seen"] = max(0.0, aggregates["worst_seen"][2])
             t["final_union_unseen"] = max(0.0, aggregates["union_unseen"][2])
@@ -113,10 +118,29 @@ def write_experiment(root: Path, method: str, n: int = 6, seed: int = 0, final: 
     return exp_dir
 
 
-def write_results(root: Path, final: bool = True) -> Path:
-    """A results root with two methods (plus the component cache folder and an unrelated one)."""
-    write_experiment(root, "pgd_at", n=7, seed=1, final=final, running=True)
-    write_experiment(root, "standard", n=4, seed=2, final=final, t0=1.7e9 + 5)
+def curve_accuracy(at_eps_eval: float, radius: float) -> float:
+    """A seen attack's accuracy at ``radius`` given its accuracy at ε_eval = 0.2: falling with ε."""
+    return float(np.clip(at_eps_eval * (1.5 - 2.5 * radius), 0.0, 1.0))
+
+
+def curve_rows(base: dict, accs: dict, radius: float) -> list[dict]:
+    """One trial's curve rows at ``radius``: each seen attack, then their worst case."""
+    rows = []
+    seen = {a: (fam, acc) for a, (threat, fam, acc) in accs.items() if threat == Threat.SEEN}
+    for attack, (fam, acc) in seen.items():
+        rows.append({**base, "attack": curve_attack(attack, radius), "family": fam, "threat": Threat.SEEN,
+                     "norm": "linf", "eps": radius, "accuracy": curve_accuracy(acc, radius)})
+    worst = max(0.0, min(curve_accuracy(acc, radius) for _, acc in seen.values()) - 0.005)
+    rows.append({**base, "attack": curve_attack("worst_seen", radius), "family": "worst_seen", "threat": Threat.SEEN,
+                 "norm": "mixed", "eps": radius, "accuracy": worst})
+    return rows
+
+
+def write_results(root: Path, final: bool = True, curve: tuple[float, ...] = ()) -> Path:
+    """A results root with two methods (plus the component cache folder and an unrelated one);
+    ``curve``: the final evaluation's robustness curve at those radii."""
+    write_experiment(root, "pgd_at", n=7, seed=1, final=final, running=True, curve=curve)
+    write_experiment(root, "standard", n=4, seed=2, final=final, t0=1.7e9 + 5, curve=curve)
     (root / ".components" / "flow-abc").mkdir(parents=True)
     (root / ".components" / "flow-abc" / store.TRIALS).write_bytes(b"not ours")
     (root / "notes").mkdir()

@@ -231,3 +231,37 @@ def test_real_search_results(monkeypatch, results_root):
     if has_final:
         at.selectbox(key="view").set_value(views.WORST_SEEN).run()
         assert not at.exception and front_points(charts(at)[0]) == expected_points(res, views.WORST_SEEN)
+
+
+def test_radius_selector_redraws_the_front_and_selected_trials_get_a_curve(monkeypatch, tmp_path):
+    """With the final evaluation's curve at 0.1 and 0.3: the radius selector appears for seen
+    views (default ε_eval), redraws the front at a radius, and inspected trials get their
+    accuracy-vs-ε chart. Without a curve there is no selector."""
+    from dashboard import curves
+
+    at = run_app(monkeypatch, write_results(tmp_path / "plain"))
+    at.selectbox(key="view").set_value(views.WORST_SEEN).run()
+    assert not [s for s in at.selectbox if s.key == "radius"]
+    root = write_results(tmp_path / "curve", curve=(0.1, 0.3))
+    res = load.load_results(root)
+    at = run_app(monkeypatch, root)
+    assert not [s for s in at.selectbox if s.key == "radius"]  # the proxy view has no radius
+    at.selectbox(key="view").set_value(views.WORST_SEEN).run()
+    radius = at.selectbox(key="radius")
+    assert radius.options == ["ε_eval (the search's)", "ε = 0.1", "ε = 0.3"] and radius.value == "eps_eval"
+    assert front_points(charts(at)[0]) == expected_points(res, views.WORST_SEEN)
+    radius.set_value("0.1").run()
+    assert not at.exception and not at.error
+    front = charts(at)[0]
+    table = curves.objectives_at(res.trials, res.evals, views.WORST_SEEN, 0.1).dropna(subset=["clean", "robust"])
+    assert front_points(front) == {m: set(zip(sub["clean"], sub["robust"])) for m, sub in table.groupby("method")}
+    assert "at ε = 0.1" in front["layout"]["yaxis"]["title"]["text"]
+    n_charts = len(at.get("plotly_chart"))
+    keys = list(views.final_rows(res.evals)[load.KEY].drop_duplicates().itertuples(index=False, name=None))[:2]
+    at.multiselect(key="inspect").select(details.label(*keys[0])).select(details.label(*keys[1])).run()
+    assert not at.exception
+    specs = charts(at)
+    assert len(specs) == n_charts + 2  # the per-attack bars and the curve
+    curve = next(s for s in specs if "Accuracy vs ε" in title(s))
+    assert sorted(t["name"] for t in curve["data"]) == sorted(details.label(*k) for k in keys)
+    assert all(t["x"] == [0.0, 0.1, 0.2, 0.3] for t in curve["data"])

@@ -28,3 +28,16 @@ def test_front_figure_fades_dominated_trials_and_opens_running_ones():
     assert list(on.x) == [0.6, 0.9] and on.marker.opacity == 1.0 and list(on.marker.symbol) == ["circle-open", "circle"]
     assert list(off.x) == [0.5] and off.marker.opacity == figures.FADED
     assert fig.layout.yaxis.title.text == "robust accuracy (per-epoch proxy)"
+
+
+def test_robustness_curve_figure_draws_one_line_per_trial_with_eps_eval_marked():
+    curve = pd.DataFrame({"trial": ["e / a"] * 4 + ["e / b"] * 2, "experiment": "e",
+                          "trial_id": ["a"] * 4 + ["b"] * 2, "eps": [0.0, 0.1, 0.2, 0.3, 0.0, 0.2],
+                          "accuracy": [0.9, 0.7, 0.5, 0.2, 0.95, 0.1],
+                          "point": ["clean", "radius", "eps_eval", "radius", "clean", "eps_eval"]})
+    fig = figures.robustness_curve_figure(curve)
+    a, b = fig.data
+    assert (a.name, list(a.x), list(a.y)) == ("e / a", [0.0, 0.1, 0.2, 0.3], [0.9, 0.7, 0.5, 0.2])
+    assert list(a.marker.symbol) == ["circle-open", "circle", "diamond", "circle"]
+    assert list(b.x) == [0.0, 0.2] and a.line.color != b.line.color
+    assert fig.layout.yaxis.tickformat == figures.PCT and "seen" in fig.layout.title.text

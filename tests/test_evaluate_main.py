@@ -34,3 +34,22 @@ def test_cli(experiment):
     assert "front" in p.stdout
     rows = store.read_rows(experiment / store.EVALS)
     assert {r["attack"] for r in rows if r["stage"] == "final"} >= {"clean", "fgsm", "jpeg", "contrast_s5"}
+
+
+def test_cli_eps_list(experiment, capsys):
+    """--eps-list: each radius in (0, 1], else one line and exit 2; with it the report has a
+    robustness curve per trial and evals.parquet rows per radius."""
+    for values, expect in [(["0"], "must be in (0, 1]"), (["0.1", "1.5"], "must be in (0, 1]"),
+                           (["nan"], "must be in (0, 1]"), (["-0.1"], "must be in (0, 1]"),
+                           (["wide"], "invalid float value"), ([], "expected at least one argument")]:
+        with pytest.raises(SystemExit) as exc:
+            sys.exit(main(["--experiment", str(experiment), "--eps-list", *values]))
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and expect in err, (values, err)
+    code = main(["--experiment", str(experiment), "--trials", "t1", "--only-trials", "--subset", "40",
+                 "--attacks", "fgsm", "--device", "cpu", "--eps-list", "0.3", "0.1", "0.2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "robustness curve (worst case over seen attacks):" in out
+    assert "0.2   " in out.split("robustness curve")[1] and "(eps_eval)" in out
+    curve = {r["attack"]: r["eps"] for r in store.read_rows(experiment / store.EVALS) if "@" in r["attack"]}
+    assert curve == {"fgsm@0.1": 0.1, "worst_seen@0.1": 0.1, "fgsm@0.3": 0.3, "worst_seen@0.3": 0.3}

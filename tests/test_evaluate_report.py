@@ -58,3 +58,56 @@ def test_fronts_per_attack():
     text = report.format_fronts(on_front, hv, reports)
     assert text.splitlines()[0].startswith("front (clean vs accuracy under each attack)")
     assert "  pgd_ce                     hv 0.500  a (1.000/0.500)" in text
+
+
+def _with_curve(rep: PredictorReport, worst: dict[float, list[bool]]) -> PredictorReport:
+    rep.eps_eval = 0.2
+    for radius, robust in worst.items():
+        rep.curve_results[radius] = [AttackResult("pgd_ce", "pgd", Threat.SEEN, "linf", radius, torch.tensor(robust),
+                                                  rep.eot, 0.5)]
+        rep.curve[radius] = rep.curve_results[radius][0].accuracy
+    return rep
+
+
+def test_curve_rows_are_named_by_radius_and_leave_the_eps_eval_rows_as_they_were():
+    plain = report.report_rows(_report([True, True, False, True], [True, False, False, False]), BASE)
+    rep = _with_curve(_report([True, True, False, True], [True, False, False, False]),
+                      {0.1: [True, True, False, False], 0.3: [False, False, False, False]})
+    rows = report.report_rows(rep, BASE)
+    assert rows[:len(plain)] == plain
+    assert [(r["attack"], r["eps"], r["accuracy"]) for r in rows[len(plain):]] == [
+        ("pgd_ce@0.1", 0.1, 0.5), ("worst_seen@0.1", 0.1, 0.5), ("pgd_ce@0.3", 0.3, 0.0), ("worst_seen@0.3", 0.3, 0.0)]
+    for r in rows[len(plain):]:
+        schema.check_row(r, "evals")
+        assert r["stage"] == Stage.FINAL and r["epoch"] == schema.FINAL_EPOCH and r["threat"] == Threat.SEEN
+    assert {r["norm"] for r in rows if r["attack"].startswith("worst_seen@")} == {"mixed"}
+    # (trial, stage, epoch, attack) stays a unique key, and the plain name is the ε_eval result
+    assert len({r["attack"] for r in rows}) == len(rows)
+    assert [r["accuracy"] for r in rows if r["attack"] == "worst_seen"] == [0.25]
+    assert rep.accuracy("worst_seen@0.1") == 0.5 and rep.accuracy("pgd_ce@0.3") == 0.0
+    assert math.isnan(rep.accuracy("worst_seen@0.2"))
+
+
+def test_curve_table_follows_the_eps_eval_table():
+    plain = report.format_table("t0", "standard", _report([True, True], [True, False]))
+    rep = _with_curve(_report([True, True], [True, False]), {0.3: [False, False], 0.1: [True, True]})
+    text = report.format_table("t0", "standard", rep)
+    assert text.startswith(plain + "\n")
+    assert text[len(plain) + 1:].splitlines() == [
+        "  robustness curve (worst case over seen attacks):",
+        "         eps     acc",
+        "         0.1   1.000",
+        "         0.2   0.500  (eps_eval)",
+        "         0.3   0.000"]
+    assert rep.robustness_curve() == {0.1: 1.0, 0.2: 0.5, 0.3: 0.0}
+
+
+def test_fronts_add_worst_seen_per_radius_after_the_others():
+    plain = {"a": _report([True, True], [True, False]), "b": _report([True, False], [True, False])}
+    reports = {"a": _with_curve(_report([True, True], [True, False]), {0.3: [True, False]}),
+               "b": _with_curve(_report([True, False], [True, False]), {0.3: [True, False]})}
+    on_front, hv = report.fronts(reports)
+    assert list(on_front) == ["pgd_ce", "worst_seen", "worst_seen@0.3"]
+    assert on_front["worst_seen@0.3"] == ["a"] and hv["worst_seen@0.3"] == pytest.approx(0.5)
+    plain_front, plain_hv = report.fronts(plain)
+    assert {k: on_front[k] for k in plain_front} == plain_front and {k: hv[k] for k in plain_hv} == plain_hv

@@ -86,3 +86,30 @@ def test_aggregates_are_per_image_worst_cases():
     assert rep.accuracy("mean_corruption") == 0.5
     assert "worst_eps_sweep" not in rep.aggregates
     assert rep.accuracy("pgd_cw") == 0.75 and math.isnan(rep.accuracy("nothing"))
+
+
+def test_robustness_curve_runs_the_seen_attacks_per_radius_and_changes_nothing_at_eps_eval(
+        robust_model, test_images, digits):
+    """With ``eps_list`` the seen attacks run again at each radius (ε_eval = 0.2 not twice);
+    every result at ε_eval, the aggregates and the flags are those of a run without it; on the
+    adversarially trained model the worst case falls with the radius."""
+    x, y = test_images
+    suite_ = ["fgsm", cheap("pgd_ce", steps=20, restarts=1), cheap("pgd_l2", steps=10, restarts=1),
+              cheap("pgd_eps_x2", steps=10)]
+    plain = runner.evaluate_predictor(Predictor(robust_model), x, y, digits.spec, attacks=suite_)
+    rep = runner.evaluate_predictor(Predictor(robust_model), x, y, digits.spec, attacks=suite_,
+                                    eps_list=(0.3, 0.05, 0.2, 0.1))
+    assert [r.attack for r in rep.results] == [r.attack for r in plain.results]
+    assert all(torch.equal(a.robust, b.robust) and a.eps == b.eps for a, b in zip(rep.results, plain.results))
+    assert rep.aggregates == plain.aggregates and rep.flags == plain.flags and not plain.curve
+    assert list(rep.curve_results) == [0.05, 0.1, 0.3] and list(rep.curve) == [0.05, 0.1, 0.3]
+    for radius, results in rep.curve_results.items():
+        assert [(r.attack, r.threat, r.eps) for r in results] == [("fgsm", Threat.SEEN, radius),
+                                                                  ("pgd_ce", Threat.SEEN, radius)]
+        assert rep.curve[radius] == float(aggregates.robust_to_all(results, rep.clean).float().mean())
+        assert rep.accuracy(f"worst_seen@{radius:g}") == rep.curve[radius]
+    curve = rep.robustness_curve()
+    assert list(curve) == [0.05, 0.1, 0.2, 0.3] and curve[0.2] == plain.accuracy("worst_seen")
+    accs = list(curve.values())
+    assert all(b <= a for a, b in zip(accs, accs[1:])), curve
+    assert accs[0] <= rep.clean_acc and accs[-1] < accs[0]

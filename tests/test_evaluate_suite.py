@@ -80,3 +80,27 @@ def test_randomized_predictor_gets_autoattacks_rand_protocol(robust_model, test_
     sizes.clear()
     attacks.run(cheap("pgd_ce", steps=3), noisy, xs, ys, 0.2, eot=20, randomized=True)
     assert len(sizes) <= 5 and max(sizes) == 200  # one restart: 3 steps (+ final check) of 20 draws
+
+
+def test_check_radii_sorts_dedupes_and_refuses_radii_outside_the_pixel_scale():
+    assert suite.check_radii(None) == () and suite.check_radii([]) == ()
+    assert suite.check_radii([0.3, 0.1, 0.3, 1, "0.05"]) == (0.05, 0.1, 0.3, 1.0)
+    assert suite.check_radii([8 / 255, 0.0313725]) == (8 / 255,)  # alike under %g: one radius, the first
+    for bad in (0, -0.1, 1.5, math.nan, math.inf):
+        with pytest.raises(suite.EvalError, match=r"--eps-list: every radius must be in \(0, 1\]"):
+            suite.check_radii([0.1, bad])
+    with pytest.raises(suite.EvalError, match="not a number"):
+        suite.check_radii(["wide"])
+
+
+def test_curve_plan_takes_the_seen_attacks_at_eps_eval_and_drops_eps_eval():
+    """The curve reruns the suite's seen attacks with an ε_eval budget (not the unseen ones, not
+    the ε-sweep checks) at each radius other than ε_eval."""
+    suite_ = [attacks.ATTACKS[n] for n in ("fgsm", "pgd_ce", "transfer_pgd", "pgd_l2", "jpeg", "pgd_eps_x2",
+                                          "pgd_unbounded")]
+    seen, radii = suite.curve_plan(suite_, [0.3, 0.2, 0.1], 0.2)
+    assert [a.name for a in seen] == ["fgsm", "pgd_ce", "transfer_pgd"] and radii == (0.1, 0.3)
+    assert suite.curve_plan(suite_, [0.2], 0.2) == ([], ())
+    assert suite.curve_plan(suite_, [8 / 255], 0.0313725) == ([], ())
+    assert suite.curve_plan([attacks.ATTACKS["pgd_l2"]], [0.1], 0.2) == ([], ())
+    assert suite.curve_plan(suite_, (), 0.2) == ([], ())

@@ -9,7 +9,7 @@ import pytest
 from raysearch import store, trial_io
 from raysearch.evaluate import checks, trials
 from raysearch.evaluate.__main__ import main
-from tests.evaluate_support import QUICK
+from tests.evaluate_support import PGD, QUICK
 
 
 def test_evaluate_experiment_writes_results(experiment):
@@ -108,3 +108,47 @@ def test_failure_outcome_is_one_line():
     out = trials.TrialOutcome.failure("t3", RuntimeError("boom\nsecond line"), 1.5)
     assert out.report is None and out.rows == [] and out.error == "RuntimeError: boom"
     assert out.text == "trial t3: final evaluation failed: RuntimeError: boom" and out.seconds == 1.5
+
+
+def test_robustness_curve_rows_per_radius_and_the_eps_eval_results_unchanged(experiment):
+    """``eps_list`` adds '<attack>@<radius>' rows (eps: the radius) for the seen attacks and
+    their worst case; the ε_eval rows, trials.parquet's final_* columns and the flags are those
+    of an evaluation without it; re-running without it removes the curve rows."""
+    suite_ = ["fgsm", PGD, "jpeg", "gaussian_noise_s3"]
+
+    def comparable(v):  # NaN (no budget, no final result) as None, so that it compares equal
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    def final_rows():
+        return {(r["trial_id"], r["attack"]): {k: comparable(v) for k, v in r.items() if k != "seconds"}
+                for r in store.read_rows(experiment / store.EVALS) if r["stage"] == "final"}
+
+    def final_columns():
+        return {r["trial_id"]: tuple(comparable(r[k]) for k in ("final_clean_acc", "final_worst_seen",
+                                                                "final_union_unseen", "masking_flags"))
+                for r in store.read_rows(experiment / store.TRIALS)}
+
+    plain = trials.evaluate_experiment(experiment, trial_ids=["t0", "t1"], subset=60, attacks=suite_, device="cpu")
+    plain_rows, plain_columns = final_rows(), final_columns()
+    curved = trials.evaluate_experiment(experiment, trial_ids=["t0", "t1"], subset=60, attacks=suite_,
+                                        device="cpu", eps_list=[0.3, 0.1, 0.2])
+    rows, columns = final_rows(), final_columns()
+    assert columns == plain_columns
+    assert {k: v for k, v in rows.items() if "@" not in k[1]} == plain_rows
+    assert {k: (v["eps"], v["threat"]) for k, v in rows.items() if "@" in k[1]} == {
+        (tid, f"{attack}@{radius:g}"): (radius, "seen")
+        for tid in ("t0", "t1") for radius in (0.1, 0.3) for attack in ("fgsm", "pgd_ce", "worst_seen")}
+    for tid in ("t0", "t1"):
+        summary = curved["trials"][tid]
+        assert {k: summary[k] for k in ("clean_acc", "worst_seen", "union_unseen", "flags")} == \
+            {k: plain["trials"][tid][k] for k in ("clean_acc", "worst_seen", "union_unseen", "flags")}
+        curve = summary["curve"]
+        assert list(curve) == [0.1, 0.2, 0.3] and curve[0.2] == rows[(tid, "worst_seen")]["accuracy"]
+        assert curve[0.1] == rows[(tid, "worst_seen@0.1")]["accuracy"]
+        assert curve[0.1] >= curve[0.2] >= curve[0.3]
+    assert curved["fronts"]["worst_seen"] == plain["fronts"]["worst_seen"] and "worst_seen@0.3" in curved["fronts"]
+    assert "robustness curve" in curved["report"] and "robustness curve" not in plain["report"]
+    trials.evaluate_experiment(experiment, trial_ids=["t0"], front=False, subset=60, attacks=suite_, device="cpu")
+    assert not [k for k in final_rows() if k[0] == "t0" and "@" in k[1]]
+    with pytest.raises(trials.EvalError, match="--eps-list"):
+        trials.evaluate_experiment(experiment, trial_ids=["t0"], eps_list=[0.1, 1.5])

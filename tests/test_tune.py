@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -22,11 +23,17 @@ from tests.conftest import ROOT, run_cli
 
 CASES = [
     (["--method", "nope"], "known: standard"),
-    (["--method", "pgd_at", "--dataset", "mnist"], "unknown dataset"),
+    (["--method", "pgd_at", "--dataset", "imagenet"], "unknown dataset"),
+    (["--method", "pgd_at", "--dataset", "xyz:data.bin"], "unknown kind of data set 'xyz'"),
+    (["--method", "pgd_at", "--dataset", "npz:/no/such/file.npz", "--eps-eval", "0.1"], "no such file"),
     (["--method", "pgd_at", "--arch", "vgg"], "unknown architecture"),
     (["--method", "pgd_at", "--num-samples", "0"], "--num-samples must be at least 1"),
     (["--method", "pgd_at", "--num-samples", "many"], "invalid int value"),
     (["--method", "pgd_at", "--eps-eval", "-0.1"], "--eps-eval"),
+    (["--method", "pgd_at", "--eps-list", "0.1", "1.5"], "--eps-list: every radius must be in (0, 1]"),
+    (["--method", "pgd_at", "--eps-list", "0"], "--eps-list: every radius must be in (0, 1]"),
+    (["--method", "pgd_at", "--eps-list", "big"], "invalid float value"),
+    (["--method", "pgd_at", "--arch", "no_such_module_xyz:make"], "no_such_module_xyz"),
     (["--method", "pgd_at", "--set", "eps_train=-0.1"], "must not be negative"),
     (["--method", "pgd_at", "--set", "eps_train"], "key=value"),
     (["--method", "pgd_at", "--set", "eps_train='big'"], "expected float"),
@@ -69,6 +76,64 @@ def test_missing_dataset_offline_says_where_to_put_it(tmp_path):
     assert proc.returncode == 2
     line = proc.stderr.strip()
     assert "\n" not in line and "--download" in line and str(tmp_path / "none") in line
+
+
+def synthetic_npz(path, n_train=600, n_test=200, size=28, classes=10, seed=0):
+    """A learnable 1-channel data set: class k is a bright square at its own place on noise."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        y = rng.integers(0, classes, n)
+        x = rng.integers(0, 60, (n, size, size, 1), dtype=np.uint8)
+        for k in range(classes):
+            row, col = (k // 4) * (size // 4) + 2, (k % 4) * (size // 4) + 2
+            x[y == k, row:row + size // 5, col:col + size // 5] = 230
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = x, y
+    np.savez(path, **arrays)
+    return path
+
+
+def test_a_users_data_set_without_eps_eval_is_one_line_and_exit_2(tmp_path):
+    data_file = synthetic_npz(tmp_path / "set.npz", n_train=20, n_test=5)
+    proc = run_cli("--method", "pgd_at", "--dataset", f"npz:{data_file}", "--storage-path", str(tmp_path / "r"),
+                   timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "--eps-eval" in proc.stderr and str(data_file) in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("broken,needle", [
+    ({"y_test": None}, "has no y_test"),
+    ({"y_test": np.full(5, 12)}, "a test label is 12"),
+    ({"x_train": np.zeros((20, 28, 27, 1), np.uint8)}, "square images"),
+], ids=["missing-key", "label-out-of-range", "not-square"])
+def test_bad_user_data_is_one_line_and_exit_2(tmp_path, capsys, broken, needle):
+    arrays = dict(np.load(synthetic_npz(tmp_path / "set.npz", n_train=20, n_test=5)))
+    arrays.update(broken)
+    np.savez(tmp_path / "bad.npz", **{k: v for k, v in arrays.items() if v is not None})
+    code = tune.main(["--method", "pgd_at", "--dataset", f"npz:{tmp_path / 'bad.npz'}", "--eps-eval", "0.1",
+                      "--storage-path", str(tmp_path / "r")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and needle in lines[0], lines
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_users_data_set_is_recorded_by_absolute_path(tmp_path, monkeypatch):
+    synthetic_npz(tmp_path / "digits28.npz", n_train=20, n_test=5)
+    monkeypatch.chdir(tmp_path)
+    args = tune.build_parser().parse_args(["--method", "pgd_at", "--dataset", "npz:digits28.npz", "--eps-eval", "0.1",
+                                           "--eps-list", "0.2", "0.05", "--eps-list", "0.1", "0.2",
+                                           "--storage-path", str(tmp_path / "r")])
+    exp = tune.make_config(args)
+    assert exp.dataset == f"npz:{tmp_path / 'digits28.npz'}" and exp.eps_eval == 0.1
+    assert exp.name.startswith("pgd_at-npz-digits28-")
+    assert exp.eps_list == (0.05, 0.1, 0.2)
+
+
+def test_eps_list_defaults_to_none_and_builtin_names_are_kept(tmp_path):
+    exp = tune.make_config(tune.build_parser().parse_args(["--method", "pgd_at", "--storage-path", str(tmp_path)]))
+    assert exp.eps_list == () and exp.dataset == "digits" and exp.eps_eval == 0.2
+    assert exp.name.startswith("pgd_at-digits-")
 
 
 def test_existing_name_is_never_overwritten(tmp_path, capsys):
@@ -136,6 +201,27 @@ def test_optuna_study_recorded_every_trial(results_root):
     with sqlite3.connect(db) as con:
         states = [r[0] for r in con.execute("select state from trials")]
     assert states.count("COMPLETE") == 3
+
+
+@pytest.mark.slow
+def test_a_search_on_a_generated_28px_npz_runs_end_to_end(tmp_path):
+    data_file = synthetic_npz(tmp_path / "shapes28.npz")
+    proc = run_cli("--method", "pgd_at", "--dataset", f"npz:{data_file}", "--eps-eval", "0.1",
+                   "--num-samples", "2", "--max-epochs", "1", "--eval-size", "60", "--final-eval-size", "40",
+                   "--storage-path", str(tmp_path / "r"), "--name", "npz")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    exp_dir = tmp_path / "r" / "npz"
+    trials = store.read_rows(exp_dir / store.TRIALS)
+    assert len(trials) == 2 and {r["status"] for r in trials} == {Status.COMPLETED}
+    assert {r["dataset"] for r in trials} == {f"npz:{data_file}"} and {r["eps_eval"] for r in trials} == {0.1}
+    recorded = json.loads((exp_dir / store.EXPERIMENT).read_text())
+    spec = recorded["data_spec"]
+    assert (spec["channels"], spec["size"], spec["classes"], spec["eps_eval"]) == (1, 28, 10, 0.1)
+    assert spec["eps_eval_l2"] == pytest.approx(0.1 * 28 * 0.5 / (8 / 255 * math.sqrt(3 * 32 * 32)))
+    assert spec["name"] == recorded["config"]["dataset"] == f"npz:{data_file}"
+    final = [r for r in store.read_rows(exp_dir / store.EVALS) if r["stage"] == "final"]
+    assert final and all(r["n"] == 40 for r in final if r["attack"] == "clean"), proc.stderr[-2000:]
+    assert "final evaluation failed" not in proc.stderr
 
 
 @pytest.mark.slow

@@ -27,21 +27,31 @@ Honesty rules:
   not declare (two calls on the same input disagree), and the search's per-epoch proxy
   overstating the final worst case by more than 10 points.
 
+Robustness curve (``eps_list``, optional): the seen attacks of the suite (those with an ε_eval
+budget) run again at each further L∞ radius of the list, on the same images; a radius equal to
+the trial's ε_eval is not run twice. Costly: each further radius is one more run of the seen
+suite, most of the evaluation's time. Everything at ε_eval (the aggregates, the flags, the
+final_* columns, the tables and fronts) is computed exactly as without a curve.
+
 Results: one row per trial × attack in ``evals.parquet`` (stage "final", epoch −1; rows of the
 same trials from an earlier final evaluation are replaced, per-epoch rows are kept), and the
 columns ``final_clean_acc``, ``final_worst_seen``, ``final_union_unseen``, ``masking_flags``
-(';'-joined, '' if none) in ``trials.parquet``.
+(';'-joined, '' if none) in ``trials.parquet``. Curve rows are named ``<attack>@<radius>``
+(``raysearch.schema.curve_attack``): ``pgd_ce@0.1``, and ``worst_seen@0.1``, the per-image worst
+case over the seen attacks at 0.1, each with the radius in ``eps``. A plain name is always the
+ε_eval result, so a reader of ``attack == "worst_seen"`` cannot pick up another radius.
 
 Modules (this package imports none of them, so a worker importing ``proxy`` loads nothing else):
 
 * ``proxy`` — the per-epoch proxy: clean and L∞ PGD accuracy at ε_eval, with EOT;
 * ``suite`` — the suite plan: attacks and groups, budgets, the runs per predictor (surrogate,
-  skipped for randomized predictors, BPDA variants);
+  skipped for randomized predictors, BPDA variants), the robustness curve's radii;
 * ``runner`` — running the suite on one predictor (``evaluate_predictor``, ``PredictorReport``);
-* ``aggregates`` — per-family worst cases, worst_seen, union_unseen, mean corruption accuracy;
+* ``aggregates`` — per-family worst cases, worst_seen, union_unseen, mean corruption accuracy,
+  worst_seen per radius of the curve;
 * ``checks`` — range and budget checks, the randomness check, the masking flags;
 * ``report`` — evals.parquet rows, printed tables, fronts recomputed per attack;
 * ``trials`` — the experiment level: candidates, one job per trial, writing the results;
 * ``__main__`` — the CLI: ``python -m raysearch.evaluate --experiment <storage>/<name>
-  [--trials ID ...] [--subset N] [--eot N] [--attacks NAME|GROUP ...]``.
+  [--trials ID ...] [--subset N] [--eot N] [--attacks NAME|GROUP ...] [--eps-list EPS ...]``.
 """

@@ -1,5 +1,7 @@
 """The final evaluation's CLI: ``python -m raysearch.evaluate --experiment <storage>/<name>
-[--trials ID ...] [--only-trials] [--subset N] [--eot N] [--attacks NAME|GROUP ...]``.
+[--trials ID ...] [--only-trials] [--subset N] [--eot N] [--attacks NAME|GROUP ...]
+[--eps-list EPS ...]``. ``--eps-list`` adds a robustness curve: the seen attacks again at each
+L∞ radius, each radius one more run of the seen suite.
 
 Exit codes: 0 all trials evaluated, 1 some trial's evaluation failed (the others' results are
 written), 2 bad input."""
@@ -13,7 +15,7 @@ from pathlib import Path
 import torch
 
 from raysearch import store
-from raysearch.evaluate.suite import GROUPS, EvalError
+from raysearch.evaluate.suite import GROUPS, EvalError, check_radii
 from raysearch.evaluate.trials import evaluate_experiment
 
 
@@ -32,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eot", type=int, default=None, help="EOT draws for randomized predictors (default 20)")
     p.add_argument("--attacks", nargs="*", default=None,
                    help=f"attack names or groups ({', '.join(GROUPS)}); default: the default suite and the defense's attacks")
+    p.add_argument("--eps-list", nargs="+", type=float, default=(), metavar="EPS",
+                   help="L∞ radii in (0, 1] ([0, 1] pixel scale) of a robustness curve: the seen attacks run "
+                        "again at each. Costly: every radius other than the trial's eps_eval is one more run of "
+                        "the seen suite, which is most of the evaluation's time (k radii: about k+1 times as long)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seed", type=int, default=0, help="seed of the test subset and of the attacks")
@@ -53,10 +59,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --device {args.device}: {e}", file=sys.stderr)
             return 2
     try:
+        eps_list = check_radii(args.eps_list)
         summary = evaluate_experiment(args.experiment, args.trials, args.subset, args.eot, args.attacks,
                                       args.device, progress=lambda m: print(m, file=sys.stderr, flush=True),
                                       seed=args.seed, data_dir=args.data_dir, front=not args.only_trials,
-                                      batch_size=args.batch_size, threads=args.threads)
+                                      batch_size=args.batch_size, threads=args.threads, eps_list=eps_list)
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

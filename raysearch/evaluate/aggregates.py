@@ -2,7 +2,8 @@
 it is classified correctly clean and under every attack aggregated. Per family the worst case
 over its attacks and variants; over seen attacks the worst case ("worst_seen"); over unseen
 attacks the union ("union_unseen", and without the corruptions "union_unseen_adversarial");
-the mean accuracy over corruptions. Check attacks count in none of them."""
+the mean accuracy over corruptions. Check attacks count in none of them. On the robustness
+curve, per radius the worst case over the seen attacks run at that radius."""
 from __future__ import annotations
 
 
@@ -42,3 +43,10 @@ def aggregate(rep: PredictorReport) -> None:
         corr = [r.accuracy for r in unseen if r.family == "corruption"]
         if corr:
             rep.aggregates["mean_corruption"] = ("corruption", Threat.UNSEEN, float(np.mean(corr)))
+
+
+def aggregate_curve(rep: PredictorReport) -> None:
+    """Fill ``rep.curve``: radius -> per-image worst case over the seen attacks run there."""
+    for radius, results in sorted(rep.curve_results.items()):
+        if results:
+            rep.curve[radius] = float(robust_to_all(results, rep.clean).float().mean())

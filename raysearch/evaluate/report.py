@@ -1,5 +1,11 @@
 """What the final evaluation reports: the ``evals.parquet`` rows of one predictor's report,
-its printed table, and the clean-vs-accuracy fronts recomputed per attack over the trials."""
+its printed table (with the robustness curve, where one was asked for), and the
+clean-vs-accuracy fronts recomputed per attack over the trials.
+
+Robustness-curve rows are stage "final" like the rest, named ``<attack>@<radius>`` (see
+``raysearch.schema.curve_attack``; ``worst_seen@0.1`` the worst case over seen attacks at 0.1)
+with the radius in ``eps``: a plain name (``worst_seen``, ``pgd_ce``) is always the ε_eval
+result, as it was before curves existed, and (trial, stage, epoch, attack) stays a unique key."""
 from __future__ import annotations
 
 import math
@@ -8,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from raysearch import pareto, schema
-from raysearch.schema import Stage, Threat
+from raysearch.schema import Stage, Threat, curve_attack
 from raysearch.evaluate.results import PredictorReport
 
 
@@ -29,6 +35,13 @@ def report_rows(rep: PredictorReport, base: Mapping[str, Any]) -> list[dict[str,
         rows.append(row(r.attack, r.family, r.threat, r.norm, r.eps, r.accuracy, r.eot_samples, r.seconds))
     for name, (fam, threat, acc) in rep.aggregates.items():
         rows.append(row(name, fam, threat, "mixed", math.nan, acc, rep.eot, 0.0))
+    for radius, results in rep.curve_results.items():
+        for r in results:
+            rows.append(row(curve_attack(r.attack, radius), r.family, r.threat, r.norm, r.eps, r.accuracy,
+                            r.eot_samples, r.seconds))
+        if radius in rep.curve:
+            rows.append(row(curve_attack("worst_seen", radius), "worst_seen", Threat.SEEN, "mixed", radius,
+                            rep.curve[radius], rep.eot, 0.0))
     return rows
 
 
@@ -44,14 +57,22 @@ def format_table(trial_id: str, method: str, rep: PredictorReport) -> str:
     for name, (_, threat, acc) in rep.aggregates.items():
         lines.append(f"  {name:26s} {threat:7s} {'':>8s} {acc:7.3f}")
     lines.append(f"  masking flags: {', '.join(rep.flags) if rep.flags else 'none'}")
+    if rep.curve:
+        lines.append("  robustness curve (worst case over seen attacks):")
+        lines.append(f"    {'eps':>8s} {'acc':>7s}")
+        for radius, acc in rep.robustness_curve().items():
+            at_eval = "  (eps_eval)" if radius not in rep.curve else ""
+            lines.append(f"    {radius:8.4g} {acc:7.3f}{at_eval}")
     return "\n".join(lines)
 
 
 def fronts(reports: dict[str, PredictorReport]) -> tuple[dict[str, list[str]], dict[str, float]]:
-    """For every attack and aggregate: the trials on the (clean, accuracy) front and its
-    hypervolume above (0, 0)."""
-    names = list(dict.fromkeys(n for rep in reports.values()
-                               for n in [r.attack for r in rep.results] + list(rep.aggregates)))
+    """For every attack and aggregate (then worst_seen at each radius of the robustness curve):
+    the trials on the (clean, accuracy) front and its hypervolume above (0, 0)."""
+    names = list(dict.fromkeys([n for rep in reports.values()
+                                for n in [r.attack for r in rep.results] + list(rep.aggregates)]
+                               + [curve_attack("worst_seen", radius) for rep in reports.values()
+                                  for radius in sorted(rep.curve)]))
     ids = list(reports)
     on_front, hv = {}, {}
     for name in names:

@@ -1,6 +1,7 @@
 """Running the suite on one predictor: the clean score, every planned attack in batches with
 its seed, EOT for randomized predictors, the defense's own attacks, then the aggregates and
-the masking checks. Produces a ``PredictorReport``; writes nothing."""
+the masking checks; last the robustness curve (the seen attacks at further radii), so that
+nothing at ε_eval depends on it. Produces a ``PredictorReport``; writes nothing."""
 from __future__ import annotations
 
 import logging
@@ -12,11 +13,11 @@ import torch
 
 from raysearch.attacks import AttackSpec, core
 from raysearch.evaluate import checks
-from raysearch.evaluate.aggregates import aggregate
+from raysearch.evaluate.aggregates import aggregate, aggregate_curve
 from raysearch.evaluate.results import AttackResult, PredictorReport
-from raysearch.evaluate.suite import (DEFAULT_EOT, DEFENSE, EvalError, attack_runs, defense_variants,
-                                      expand_attacks)
-from raysearch.schema import Threat
+from raysearch.evaluate.suite import (DEFAULT_EOT, DEFENSE, AttackRun, EvalError, attack_runs, curve_plan,
+                                      defense_variants, expand_attacks)
+from raysearch.schema import Threat, curve_attack
 from trainables.base import DataSpec, Predictor
 
 log = logging.getLogger(__package__)  # "raysearch.evaluate": the name the CLI's warnings carry
@@ -33,14 +34,18 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
                        eps_eval: float | None = None, attacks: Iterable[str | AttackSpec] | None = None,
                        eot: int = DEFAULT_EOT, seed: int = 0, surrogate: Callable | None = None,
                        extra: dict[str, Callable] | None = None, batch_size: int = 500,
-                       progress: Callable[[str], None] | None = None) -> PredictorReport:
+                       progress: Callable[[str], None] | None = None,
+                       eps_list: Iterable[float] = ()) -> PredictorReport:
     """Run the suite on one predictor. ``surrogate``: the bare classifier for transfer attacks
     (skipped when absent or when it is the predictor itself). ``extra``: the defense's own
-    attacks, ``fn(model, x, y, eps) -> x_adv``, run at ε_eval as unseen attacks."""
+    attacks, ``fn(model, x, y, eps) -> x_adv``, run at ε_eval as unseen attacks. ``eps_list``:
+    L∞ radii of the robustness curve; the suite's seen attacks run again at each one other
+    than ε_eval (each radius costs one more seen suite)."""
     if eot < 1:
         raise EvalError(f"eot must be >= 1, got {eot}")
     suite, _ = expand_attacks(attacks)
     eps_eval = spec.eps_eval if eps_eval is None else float(eps_eval)
+    curve_suite, radii = curve_plan(suite, eps_list, eps_eval)
     calls = pred.calls(eot)  # per gradient and per score; each averages pred.draws_per_call draws
     if pred.randomized and eot < DEFAULT_EOT:
         log.warning("randomized predictor attacked with EOT %d < %d draws: gradients and scores are "
@@ -51,7 +56,7 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
             per_draw = np.mean([(core.predict(model, x, 1) == y).float().mean().item() for _ in range(calls)])
         clean = core.predict(model, x, calls) == y
     rep = PredictorReport(len(y), clean, float(per_draw) if pred.randomized else float(clean.float().mean()),
-                          pred.randomized, pred.draws(eot), draws_per_call=pred.draws_per_call)
+                          pred.randomized, pred.draws(eot), draws_per_call=pred.draws_per_call, eps_eval=eps_eval)
     if not pred.randomized and checks.randomness_leak(model, x[: min(len(x), 64)]):
         rep.flags.append(checks.FLAG_RANDOM)
     idx = clean.nonzero().squeeze(1)
@@ -67,13 +72,16 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
         if progress is not None:
             progress(msg)
 
-    for run in attack_runs(suite, pred, spec, eps_eval, surrogate, calls):
+    def run_attack(run: AttackRun) -> AttackResult:
         attack = run.attack
         t0 = time.perf_counter()
         x_adv = _attack_images(run, run.target, xc, yc, run.eps, run.calls, seed, batch_size)
         checks.check_budget(attack, xc, x_adv, run.eps)
-        res = AttackResult(run.name, attack.family, attack.threat, attack.norm, run.eps, score(x_adv),
-                           rep.eot, time.perf_counter() - t0, attack.gradient, attack.surrogate)
+        return AttackResult(run.name, attack.family, attack.threat, attack.norm, run.eps, score(x_adv),
+                            rep.eot, time.perf_counter() - t0, attack.gradient, attack.surrogate)
+
+    for run in attack_runs(suite, pred, spec, eps_eval, surrogate, calls):
+        res = run_attack(run)
         rep.results.append(res)
         say(f"{res.attack:22s} acc {res.accuracy:.3f}  ({res.seconds:.1f} s)")
     for name, fn in (extra or {}).items():
@@ -90,4 +98,11 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
             say(f"{res.attack:22s} acc {res.accuracy:.3f}  ({res.seconds:.1f} s)")
     aggregate(rep)
     rep.flags += checks.masking_flags(rep)
+    for radius in radii:
+        results = rep.curve_results.setdefault(radius, [])
+        for run in attack_runs(curve_suite, pred, spec, radius, surrogate, calls):
+            res = run_attack(run)
+            results.append(res)
+            say(f"{curve_attack(res.attack, radius):22s} acc {res.accuracy:.3f}  ({res.seconds:.1f} s)")
+    aggregate_curve(rep)
     return rep

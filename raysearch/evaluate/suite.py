@@ -5,9 +5,13 @@ predictor each attack becomes one or more runs: transfer attacks are crafted on 
 classifier (none when there is no other), attacks outside AutoAttack's rand protocol are
 skipped for randomized predictors, and a predictor with a BPDA pipeline is also attacked
 through it (on a randomized predictor only with the seen attacks).
+
+The robustness curve (``eps_list``): the suite's seen attacks whose budget is ε_eval (kind
+"eps_eval") run again at each further L∞ radius, each radius one more seen suite.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -15,7 +19,7 @@ import torch
 
 from raysearch import attacks
 from raysearch.attacks import AttackSpec
-from raysearch.schema import Threat
+from raysearch.schema import Threat, curve_attack
 from trainables.base import DataSpec, Predictor
 
 DEFENSE = "defense"  # pseudo attack name: every attack the trial's defense offers
@@ -106,3 +110,27 @@ def attack_runs(suite: Iterable[AttackSpec], pred: Predictor, spec: DataSpec, ep
         randomized = pred.randomized and not attack.surrogate
         for suffix, target, k in variants(attack, pred, surrogate, calls):
             yield AttackRun(attack, suffix, target, k, eps, randomized)
+
+
+def check_radii(eps_list: Iterable[float] | None) -> tuple[float, ...]:
+    """The robustness curve's L∞ radii: each in (0, 1] (the [0, 1] pixel scale), by increasing
+    radius, without repeats (radii that print alike under %g are one)."""
+    radii: dict[str, float] = {}
+    for eps in eps_list or ():
+        try:
+            radius = float(eps)
+        except (TypeError, ValueError):
+            raise EvalError(f"--eps-list: {eps!r} is not a number") from None
+        if not (math.isfinite(radius) and 0 < radius <= 1):
+            raise EvalError(f"--eps-list: every radius must be in (0, 1] on the [0, 1] pixel scale, got {eps}")
+        radii.setdefault(curve_attack("", radius), radius)
+    return tuple(sorted(radii.values()))
+
+
+def curve_plan(suite: Iterable[AttackSpec], eps_list: Iterable[float], eps_eval: float
+               ) -> tuple[list[AttackSpec], tuple[float, ...]]:
+    """The robustness curve's attacks (the seen ones of ``suite`` with an ε_eval budget) and its
+    radii other than ``eps_eval``, which the suite itself covers; nothing if either is empty."""
+    seen = [a for a in suite if a.threat == Threat.SEEN and a.budget[0] == "eps_eval"]
+    radii = tuple(r for r in check_radii(eps_list) if curve_attack("", r) != curve_attack("", eps_eval))
+    return (seen, radii) if seen and radii else ([], ())

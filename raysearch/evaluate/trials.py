@@ -1,7 +1,12 @@
 """The final evaluation of an experiment: which trials (the front's candidates plus any asked
 for), one job per trial (``TrialJob``, picklable so it can run as a Ray task), each trial's
 suite from its checkpoint (``evaluate_trial``), and the results written once at the end
-(``write_results``)."""
+(``write_results``).
+
+With ``eps_list`` each trial's seen attacks also run at those L∞ radii (the robustness curve):
+every radius other than the trial's ε_eval costs one more run of the seen suite. Its rows are
+named ``<attack>@<radius>`` (see ``raysearch.evaluate.report``); trials.parquet's final_*
+columns, the flags and the fronts of the plain names stay the ε_eval results."""
 from __future__ import annotations
 
 import json
@@ -19,7 +24,7 @@ from raysearch.attacks import AttackSpec
 from raysearch.evaluate import checks, report
 from raysearch.evaluate.results import PredictorReport
 from raysearch.evaluate.runner import evaluate_predictor
-from raysearch.evaluate.suite import DEFAULT_EOT, EvalError, expand_attacks
+from raysearch.evaluate.suite import DEFAULT_EOT, EvalError, check_radii, expand_attacks
 from raysearch.schema import Stage, Status
 
 __all__ = ["DEFAULT_SUBSET", "EvalError", "TrialJob", "TrialOutcome", "candidates", "evaluate_experiment",
@@ -46,6 +51,7 @@ class TrialJob:
     device: str | None
     threads: int | None
     subset_n: int  # test images the subset holds (subset capped at the split's size)
+    eps_list: tuple[float, ...] = ()  # L∞ radii of the robustness curve ([0, 1] pixel scale)
 
 
 @dataclass
@@ -92,18 +98,19 @@ def _recorded_config(exp_dir: Path) -> dict[str, Any]:
 
 
 def _checkpoint_folder(exp_dir: Path, row: dict) -> Path:
+    """The trial's checkpoint folder, its stored path taken relative to the folder the
+    experiment is in now (``raysearch.trial_io.checkpoint_folder``; absolute paths of older
+    results still work)."""
     from raysearch import trial_io
 
-    folder = Path(row["checkpoint"])
-    if not folder.is_absolute() and not folder.exists():
-        folder = exp_dir / folder
-    if not (folder / trial_io.META).exists():
-        raise EvalError(f"trial {row['trial_id']}: checkpoint {folder} not found")
+    folder = trial_io.checkpoint_folder(exp_dir, row["checkpoint"])
+    if folder is None:
+        raise EvalError(f"trial {row['trial_id']}: checkpoint {row['checkpoint']} not found in {exp_dir}")
     return folder
 
 
 def plan(exp_dir: Path, trial_ids, subset, eot, attacks, seed, data_dir, front, batch_size, device,
-         threads) -> tuple[list[TrialJob], list[dict]]:
+         threads, eps_list=()) -> tuple[list[TrialJob], list[dict]]:
     """Validate the request and list the trials to evaluate (front candidates, then extras)."""
     from raysearch import data as data_mod
 
@@ -117,6 +124,7 @@ def plan(exp_dir: Path, trial_ids, subset, eot, attacks, seed, data_dir, front, 
     if eot < 1:
         raise EvalError(f"eot must be >= 1, got {eot}")
     expand_attacks(attacks)  # unknown names fail here, before any work
+    eps_list = check_radii(eps_list)
     rows = store.read_rows(exp_dir / store.TRIALS)
     by_id = {r["trial_id"]: r for r in rows}
     ids = candidates(rows) if front else []
@@ -135,15 +143,16 @@ def plan(exp_dir: Path, trial_ids, subset, eot, attacks, seed, data_dir, front, 
     dataset = datasets.pop()
     data_dir = data_dir or recorded.get("data_dir", "data")
     try:
-        data = data_mod.load(dataset, data_dir)
+        # a user's data set has no radius of its own: the search's recorded one
+        data = data_mod.load(dataset, data_dir, eps_eval=recorded.get("eps_eval"))
     except data_mod.DataError as e:
         raise EvalError(str(e)) from None
     for tid in ids:
         _checkpoint_folder(exp_dir, by_id[tid])
     n = min(subset, len(data.test))
     attacks = None if attacks is None else tuple(attacks)
-    jobs = [TrialJob(tid, by_id[tid], str(exp_dir), dataset, data_dir, subset, eot, attacks, seed,
-                     batch_size, device, threads, n) for tid in ids]
+    jobs = [TrialJob(tid, by_id[tid], str(exp_dir.resolve()), dataset, data_dir, subset, eot, attacks, seed,
+                     batch_size, device, threads, n, eps_list) for tid in ids]
     return jobs, rows
 
 
@@ -159,7 +168,7 @@ def evaluate_trial(job: TrialJob, progress: Callable[[str], None] | None = None)
         torch.set_num_threads(job.threads)
     try:
         device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        data = data_mod.load(job.dataset, job.data_dir)
+        data = data_mod.load(job.dataset, job.data_dir, eps_eval=job.row.get("eps_eval"))
         spec = data.spec
         x, y = data_mod.eval_subset(data.test, job.subset, job.seed)
         x, y = x.to(device), y.to(device)
@@ -172,7 +181,7 @@ def evaluate_trial(job: TrialJob, progress: Callable[[str], None] | None = None)
             progress(f"trial {tid} ({row.get('method')}): {len(y)} test images, eps_eval {eps_eval:.4g}")
         rep = evaluate_predictor(pred, x, y, spec, eps_eval=eps_eval, attacks=suite, eot=job.eot, seed=job.seed,
                                  surrogate=nets.get("classifier"), extra=extra, batch_size=job.batch_size,
-                                 progress=progress)
+                                 progress=progress, eps_list=job.eps_list)
     finally:
         torch.set_num_threads(before)
     if checks.proxy_overstates(row.get("robust_acc"), rep.accuracy("worst_seen")):
@@ -201,12 +210,19 @@ def evaluate_experiment(exp_dir, trial_ids: Iterable[str] | None = None, subset:
                         data_dir: str | None = None, front: bool = True,
                         batch_size: int = 500, threads: int | None = None,
                         runner: Callable[[list[TrialJob]], Iterable[TrialOutcome]] | None = None,
+                        eps_list: Iterable[float] = (),
                         ) -> dict[str, Any]:
     """Run the suite on the front's trials (``front``) plus ``trial_ids``; write the results;
     return a summary: {"trials": {id: {...}}, "fronts": {attack: [ids]}, "hypervolume": {...},
     "subset", "eot", "seconds", "report": printable text}. ``threads``: torch intra-op threads
     while a trial is evaluated (restored after); 1 is much faster for small models on a busy
     CPU, where threads of one operator wait for each other.
+
+    ``eps_list``: L∞ radii in (0, 1] of the robustness curve; the seen attacks also run at each
+    (a radius equal to the trial's ε_eval is not run twice). Every further radius costs one
+    more run of the seen suite, which is most of the evaluation's time (APGD-T and Square
+    dominate): k radii make it about k + 1 times as long. A trial's summary
+    has "curve": {radius: worst case over seen attacks}, ε_eval included.
 
     ``runner`` maps the trial jobs to their outcomes, in any order (default: one after the
     other in this process, with ``progress`` lines per attack). The search's driver passes one
@@ -217,7 +233,7 @@ def evaluate_experiment(exp_dir, trial_ids: Iterable[str] | None = None, subset:
     t_start = time.perf_counter()
     exp_dir = Path(exp_dir)
     jobs, rows = plan(exp_dir, trial_ids, subset, eot, attacks, seed, data_dir, front, batch_size,
-                      None if device is None else str(device), threads)
+                      None if device is None else str(device), threads, eps_list)
     if runner is None:
         outcomes = [safe_evaluate_trial(job, progress) for job in jobs]
     else:
@@ -255,7 +271,8 @@ def write_results(exp_dir: Path, rows: list[dict], outcomes: list[TrialOutcome],
                          "worst_seen": rep.accuracy("worst_seen"), "union_unseen": rep.accuracy("union_unseen"),
                          "flags": list(rep.flags),
                          "attacks": {r.attack: r.accuracy for r in rep.results},
-                         "aggregates": {k: v[2] for k, v in rep.aggregates.items()}}
+                         "aggregates": {k: v[2] for k, v in rep.aggregates.items()},
+                         "curve": rep.robustness_curve()}
                    for tid, rep in reports.items()},
         "fronts": on_front, "hypervolume": hv, "subset": subset_n, "eot": eot, "failed": failed,
         "seconds": seconds, "report": "\n\n".join(texts),
