@@ -3,11 +3,17 @@
 A checkpoint folder holds ``state.pt`` (every network's state, optimizers, schedulers, epoch;
 plain tensors and numbers, loaded with ``weights_only=True``) and ``meta.json`` (method,
 data set, full config). Nothing here imports Ray.
+
+The results store a checkpoint folder relative to the experiment folder
+(``train/<trial>/checkpoint_000007``), so an experiment folder can be moved or copied whole
+(``relative_to_experiment``); ``checkpoint_folder`` finds it again, also from the absolute
+paths of results written before that.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +72,35 @@ def rebuild(folder: Path, spec, device="cpu") -> tuple[Any, Any, dict, Predictor
         for p in m.parameters():
             p.requires_grad_(False)
     return defense, cfg, nets, defense.predictor(nets, cfg)
+
+
+def relative_to_experiment(path: str | os.PathLike, exp_dir: str | os.PathLike) -> str:
+    """``path`` relative to ``exp_dir`` when it lies inside it (both made absolute, symlinks
+    followed, so a relative storage path and Ray's absolute checkpoint paths compare), else
+    unchanged; "" stays "". What the results store for a path inside the experiment."""
+    if not path:
+        return ""
+    for resolve in (os.path.abspath, os.path.realpath):
+        target, root = Path(resolve(path)), Path(resolve(exp_dir))
+        if target.is_relative_to(root):
+            return target.relative_to(root).as_posix()
+    return str(path)
+
+
+def checkpoint_folder(exp_dir: str | os.PathLike, stored: str | os.PathLike) -> Path | None:
+    """The checkpoint folder a trial's stored ``checkpoint`` names (None if none holds a
+    checkpoint): relative paths against ``exp_dir``, the folder the experiment is in now.
+    Results written before paths were relative hold absolute ones (or ones relative to the
+    search's working folder); those are taken as they are if they still hold the checkpoint,
+    else their tails are tried below ``exp_dir`` (longest first), so a moved old experiment
+    is found too."""
+    if not stored:
+        return None
+    exp_dir, path = Path(exp_dir), Path(stored)
+    tails = path.parts[1:]  # an absolute path's root or a relative one's first folder dropped
+    candidates = ([] if path.is_absolute() else [exp_dir / path]) + [path]
+    candidates += [exp_dir.joinpath(*tails[i:]) for i in range(len(tails))]
+    return next((c for c in candidates if (c / META).is_file()), None)
 
 
 def _unwrap(m):

@@ -1,6 +1,7 @@
 """The Ray Tune callback that keeps an experiment's results files current: it turns each result
 Ray Tune delivers into trials.parquet / evals.parquet rows (written atomically by
-``raysearch.store``) and prints the search's progress."""
+``raysearch.store``) and prints the search's progress. A checkpoint is stored by its path
+relative to the experiment folder, so the folder can be moved whole."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,7 @@ from pathlib import Path
 import ray.tune
 
 from raysearch import data as data_mod
-from raysearch import schema, store
+from raysearch import schema, store, trial_io
 from raysearch.config import ExperimentConfig, trial_config
 from raysearch.schema import Stage, Status, Threat
 from raysearch.search.searcher import INTERRUPTED
@@ -49,8 +50,8 @@ class StoreCallback(ray.tune.Callback):
         row = self.trials.get(trial.trial_id)
         if row is None:
             exp = self.exp
-            cfg = trial_config(exp.method, data_mod.SPECS[exp.dataset], trial.config, dict(exp.sets),
-                               exp.max_epochs, exp.arch)
+            spec = data_mod.describe(exp.dataset, exp.data_dir, exp.eps_eval)
+            cfg = trial_config(exp.method, spec, trial.config, dict(exp.sets), exp.max_epochs, exp.arch)
             row = schema.trial_row(experiment=exp.name, trial_id=trial.trial_id, method=exp.method,
                                    dataset=exp.dataset, arch=exp.arch, eps_eval=exp.eps_eval,
                                    num_workers=exp.workers_per_trial, started_at=time.time(),
@@ -68,7 +69,7 @@ class StoreCallback(ray.tune.Callback):
             self._finish(row, result)
         elif "epoch" in result:
             row.update(epochs=int(result["epoch"]), clean_acc=result["clean_acc"], robust_acc=result["robust_acc"],
-                       nodes=result.get("nodes"), checkpoint=result.get("checkpoint_path") or row.get("checkpoint"),
+                       nodes=result.get("nodes"), checkpoint=self._checkpoint(result) or row.get("checkpoint"),
                        node_ids=result.get("node_ids"),
                        # the latest epoch a restarted worker group resumed from (0: never restarted)
                        resumed_from=max(row.get("resumed_from") or 0, int(result.get("resumed_from") or 0)))
@@ -127,7 +128,7 @@ class StoreCallback(ray.tune.Callback):
         for epoch_result in json.loads(result.get("history_json") or "[]"):
             self._record_epoch(row["trial_id"], epoch_result)
         row.update(status=result["status"], error=result.get("error"), finished_at=time.time(),
-                   wall_s=result.get("wall_s"), checkpoint=result.get("checkpoint_path") or row.get("checkpoint"))
+                   wall_s=result.get("wall_s"), checkpoint=self._checkpoint(result) or row.get("checkpoint"))
         if result["status"] == Status.COMPLETED:
             row.update(clean_acc=result["clean_acc"], robust_acc=result["robust_acc"], epochs=int(result["epoch"]),
                        nodes=result.get("nodes") or row.get("nodes"), node_ids=result.get("node_ids") or row.get("node_ids"))
@@ -136,6 +137,11 @@ class StoreCallback(ray.tune.Callback):
                 else f"FAILED: {row['error']}")
         print(f"[{self._done()}/{self.exp.num_samples}] trial {row['trial_id']} done in {row.get('wall_s', 0):.0f}s: "
               f"{what}", flush=True)
+
+    def _checkpoint(self, result: dict) -> str:
+        """The result's checkpoint folder (Ray reports it absolute) relative to the experiment
+        folder when it lies inside it; "" if the result has none."""
+        return trial_io.relative_to_experiment(result.get("checkpoint_path") or "", self.exp_dir)
 
     def _devices(self) -> float:
         """Devices a trial holds: its workers' GPUs, else one per CPU worker."""
