@@ -65,7 +65,7 @@ def test_attack_runs_carry_budget_and_protocol(digits):
 
 def test_randomized_predictor_gets_autoattacks_rand_protocol(robust_model, test_images, digits):
     """Against a randomized predictor: APGD-T is not run, PGD runs one restart of EOT gradients,
-    and Square spends its whole budget at one call per query on every image."""
+    and Square spends its whole budget on every image, incumbent and proposal on the same draws."""
     x, y = test_images
     noisy = Noisy(robust_model, 0.1)
     rep = runner.evaluate_predictor(Predictor(noisy, randomized=True), x, y, digits.spec, eot=20,
@@ -76,7 +76,9 @@ def test_randomized_predictor_gets_autoattacks_rand_protocol(robust_model, test_
     noisy.register_forward_hook(lambda m, i, o: sizes.append(len(i[0])))
     xs, ys = x[:10], y[:10]
     attacks.run(cheap("square", n_queries=25), noisy, xs, ys, 0.2, eot=20, randomized=True)
-    assert sizes == [10] * 26, sizes  # the start, then 25 queries of every image, one draw each
+    # the start measured twice (its draws must replay), then 25 queries of every image, each the
+    # incumbent and the proposal on the same draws
+    assert sizes == [10] * (2 + 2 * 25), sizes
     sizes.clear()
     attacks.run(cheap("pgd_ce", steps=3), noisy, xs, ys, 0.2, eot=20, randomized=True)
     assert len(sizes) <= 5 and max(sizes) == 200  # one restart: 3 steps (+ final check) of 20 draws

@@ -4,7 +4,8 @@ Every attack has the call shape ``fn(model, x, y, eps, *, eot=1, seed=0, **param
 ``x`` in [0, 1] (N×C×H×W) on any device, ``model`` maps images to logits and is called as is
 (the caller puts it in eval mode), ``eot`` > 1 averages each gradient (and each score) over that
 many draws of a randomized model, ``seed`` seeds the attack's own generator (no global RNG
-state is used). The result is detached, in [0, 1], and within the attack's budget.
+state is left changed: Square on a randomized model seeds torch's streams to replay draws and
+restores them). The result is detached, in [0, 1], and within the attack's budget.
 
 Threat labels (``raysearch.schema.Threat``) are relative to a trial's threat model, L∞ at
 ε_eval: SEEN attacks are L∞ at ε_eval; UNSEEN ones use another geometry (L2, flow, colour, DCT)
@@ -25,9 +26,10 @@ DCT coefficient at CIFAR scale.
 Randomized predictors follow AutoAttack's protocol for randomized defenses (its "rand"
 version: APGD-CE and APGD-DLR, 100 iterations, EOT over 20 draws): every gradient is an EOT
 average, PGD runs one restart (the draws replace restarts), APGD-T is not run, and Square
-spends 1000 queries of one call each on every image, without stopping early; every attack's
-images are scored with EOT. (5000 queries at 20 draws each would cost more than the whole
-rand protocol.) Square is not in that protocol; it stays because the evaluation protocol asks
+spends 1000 queries on every image without stopping early, each query measuring the incumbent
+and the proposal on the same random draws (two calls); every attack's images are scored per
+call (``raysearch.evaluate.runner``). (5000 queries at 20 draws each would cost more than the
+whole rand protocol.) Square is not in that protocol; it stays because the evaluation protocol asks
 every purification defense to face a gradient-free attack, which a purifier's obfuscated
 gradients cannot stop (see README, 'The evaluation protocol').
 """
