@@ -131,7 +131,7 @@ def show_details(res: load.Results, keys: list[tuple[str, str]]) -> None:
         else:
             shown = acc[acc["trial"].isin(acc["trial"].unique()[:MAX_BARS])]
             stages = ", ".join(sorted(set(shown["stage"])))
-            st.markdown(f"Accuracy per attack ({stages} stage)")
+            st.markdown(f"Accuracy per attack ({stages} stage; error bars: 95% Wilson intervals)")
             st.plotly_chart(figures.attack_bars(shown), key="attack_bars")
         curve = curves.curves(res.trials, res.evals, keys)
         if (curve["point"] == curves.POINT_RADIUS).any():
@@ -150,6 +150,8 @@ def tab_front(res: load.Results, table: pd.DataFrame, group: str, cmap: dict, vi
         fig = figures.front_figure(table, group, cmap, view.label)
         event = st.plotly_chart(fig, key="front_chart", on_select="rerun", selection_mode=("points", "box", "lasso"))
         chosen = details.selected_keys(_points(event))
+        if pts[[views.CLEAN[1], views.ROBUST[1]]].notna().any().any():
+            st.caption("Error bars: 95% Wilson intervals, from each accuracy and the images it was measured on.")
         hv = fronts.hypervolumes(pts, group)
         cols = st.columns(min(len(hv), 6))
         for i, (g, v) in enumerate(sorted(hv.items())):

@@ -16,7 +16,7 @@ import pandas as pd
 
 from dashboard.details import label
 from dashboard.load import KEY
-from dashboard.views import WORST_SEEN, attack_rows, final_rows, is_curve, objectives
+from dashboard.views import ACCURACY, CLEAN, ROBUST, WORST_SEEN, attack_rows, final_rows, is_curve, objectives
 from raysearch.schema import CURVE_MARK, Stage, Threat
 
 CURVE_WORST = WORST_SEEN + CURVE_MARK  # prefix of the curve's per-radius worst case rows
@@ -98,9 +98,9 @@ def label_at(label: str, radius: float) -> str:
 def curves(trials: pd.DataFrame, evals: pd.DataFrame, keys: Iterable[tuple[str, str]]) -> pd.DataFrame:
     """One row per point of each selected trial's robustness curve, by increasing ε: clean
     accuracy at ε = 0 (``point`` "clean"), the worst case over seen attacks at its ε_eval
-    ("eps_eval") and at each further radius the final evaluation covered ("radius"). Trials
-    without a final evaluation have no points."""
-    cols = ["trial", "experiment", "trial_id", "eps", "accuracy", "point"]
+    ("eps_eval") and at each further radius the final evaluation covered ("radius"), each with
+    its 95% interval. Trials without a final evaluation have no points."""
+    cols = ["trial", "experiment", "trial_id", "eps", *ACCURACY, "point"]
     keys = list(dict.fromkeys(keys))
     if not keys or trials.empty:
         return pd.DataFrame(columns=cols)
@@ -113,9 +113,11 @@ def curves(trials: pd.DataFrame, evals: pd.DataFrame, keys: Iterable[tuple[str, 
         if key not in at_eval.index or pd.isna(at_eval.loc[key, "robust"]):
             continue
         trial = label(*key)
-        rows.append((trial, *key, 0.0, float(at_eval.loc[key, "clean"]), POINT_CLEAN))
-        rows.append((trial, *key, float(budgets.get(key, math.nan)), float(at_eval.loc[key, "robust"]), POINT_EPS_EVAL))
+        rows.append((trial, *key, 0.0, *at_eval.loc[key, CLEAN].astype(float), POINT_CLEAN))
+        rows.append((trial, *key, float(budgets.get(key, math.nan)), *at_eval.loc[key, ROBUST].astype(float),
+                     POINT_EPS_EVAL))
         mine = curve[(curve["experiment"] == key[0]) & (curve["trial_id"] == key[1])] if len(curve) else curve
-        rows += [(trial, *key, float(e), float(a), POINT_RADIUS) for e, a in zip(mine["eps"], mine["accuracy"])]
+        mine = mine.reindex(columns=["eps", *ACCURACY])  # NaN intervals for rows not read through the store
+        rows += [(trial, *key, *map(float, values), POINT_RADIUS) for values in mine.itertuples(index=False)]
     out = pd.DataFrame(rows, columns=cols)
     return out.sort_values(["trial", "eps"], kind="stable", ignore_index=True) if len(out) else out

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from dashboard.load import KEY
-from dashboard.views import attack_rows, clean_accuracy, final_rows, is_aggregate, is_curve
+from dashboard.views import ACCURACY, attack_rows, clean_accuracy, final_rows, is_aggregate, is_curve
 from raysearch.schema import HP_PREFIX, Stage, Threat, hp_columns
 
 THREAT_ORDER = {Threat.CLEAN: 0, Threat.SEEN: 1, Threat.UNSEEN: 2}  # checks and the rest after these
@@ -67,9 +67,9 @@ def _display(v: Any) -> Any:
 
 
 def attack_accuracies(evals: pd.DataFrame, keys: Iterable[tuple[str, str]]) -> pd.DataFrame:
-    """Long table (trial, attack, threat, accuracy, stage) for the selected trials: their final
-    rows at ε_eval where they have some (the robustness curve is :func:`dashboard.curves.curves`),
-    else the per-epoch rows of their last epoch."""
+    """Long table (trial, attack, threat, accuracy with its 95% interval, stage) for the
+    selected trials: their final rows at ε_eval where they have some (the robustness curve is
+    :func:`dashboard.curves.curves`), else the per-epoch rows of their last epoch."""
     sub = _subset(evals, keys)
     sub = sub[sub["accuracy"].notna()] if len(sub) else sub
     parts = []
@@ -79,13 +79,14 @@ def attack_accuracies(evals: pd.DataFrame, keys: Iterable[tuple[str, str]]) -> p
             fin = grp[grp["stage"] == Stage.TRIAL]
             fin = fin[fin["epoch"] == fin["epoch"].max()]
         parts.append(fin.assign(trial=label(*key)))
-    cols = ["trial", "attack", "threat", "family", "accuracy", "stage", "epoch", "aggregate"]
+    cols = ["trial", "attack", "threat", "family", *ACCURACY, "stage", "epoch", "aggregate"]
     if not parts:
         return pd.DataFrame(columns=cols)
     out = pd.concat(parts, ignore_index=True)
     out["aggregate"] = is_aggregate(out)
     out["_o"] = out["threat"].map(THREAT_ORDER).fillna(3) + out["aggregate"] * 0.5
-    return out.sort_values(["trial", "_o", "attack"])[cols].reset_index(drop=True)
+    # reindex: rows without interval columns (not read through the store) get NaN ones
+    return out.sort_values(["trial", "_o", "attack"]).reindex(columns=cols).reset_index(drop=True)
 
 
 def _flag_list(value: Any) -> list[str]:

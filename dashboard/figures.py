@@ -1,15 +1,16 @@
 """The dashboard's Plotly figures, built from the tables of :mod:`dashboard.views`,
 :mod:`dashboard.fronts`, :mod:`dashboard.details` and :mod:`dashboard.curves`: no Streamlit,
-no reading. Accuracies are fractions in [0, 1], shown as percentages."""
+no reading. Accuracies are fractions in [0, 1], shown as percentages; where a table carries an
+accuracy's 95% Wilson interval (``<name>_low``, ``<name>_high``) it is drawn as error bars."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
+from plotly.colors import convert_colors_to_same_type, qualitative
 from plotly.subplots import make_subplots
 
-from dashboard.views import UNION_UNSEEN, WORST_SEEN
+from dashboard.views import UNION_UNSEEN, WORST_SEEN, with_interval
 from raysearch.schema import HP_PREFIX, Status
 
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Set2
@@ -24,7 +25,42 @@ def colours(groups) -> dict[str, str]:
 
 def _hover(group: str) -> str:
     return ("<b>%{customdata[1]}</b><br>%{customdata[0]}<br>" + group + ": %{customdata[3]}<br>"
-            "status: %{customdata[2]}<br>clean %{x:.3f} · robust %{y:.3f}<extra></extra>")
+            "status: %{customdata[2]}<br>clean %{x:.3f}%{customdata[4]} · robust %{y:.3f}%{customdata[5]}"
+            "<extra></extra>")
+
+
+def _translucent(colour: str, alpha: float) -> str:
+    rgb = convert_colors_to_same_type(colour, colortype="rgb")[0][0]
+    return rgb.replace("rgb(", "rgba(").replace(")", f", {alpha})")
+
+
+def _nulls(values: np.ndarray) -> list[float | None]:
+    """Plotly data with None (no bar) where a value is missing."""
+    return [float(v) if np.isfinite(v) else None for v in values]
+
+
+def error_bars(table: pd.DataFrame, name: str, colour: str | None = None) -> dict | None:
+    """Asymmetric Plotly error bars of column ``name`` from its interval columns
+    (``<name>_low``, ``<name>_high``); None where the table has no interval for any row."""
+    columns = with_interval(name)
+    if not set(columns) <= set(table.columns):
+        return None
+    value, low, high = (pd.to_numeric(table[c], errors="coerce").to_numpy(dtype=float) for c in columns)
+    plus, minus = high - value, value - low
+    if not np.isfinite(plus).any():
+        return None
+    bars = {"type": "data", "symmetric": False, "array": _nulls(plus), "arrayminus": _nulls(minus),
+            "thickness": 1, "width": 0}
+    return bars if colour is None else {**bars, "color": colour}
+
+
+def interval_text(table: pd.DataFrame, name: str) -> list[str]:
+    """Per row, " [low, high]" of column ``name``'s interval for a hover text ("" without one)."""
+    low, high = with_interval(name)[1:]
+    if low not in table or high not in table:
+        return [""] * len(table)
+    return [f" [{lo:.3f}, {hi:.3f}]" if pd.notna(lo) and pd.notna(hi) else ""
+            for lo, hi in zip(table[low], table[high])]
 
 
 def add_front(fig: go.Figure, table: pd.DataFrame, group: str, cmap: dict[str, str], row=None, col=None,
@@ -43,6 +79,9 @@ def add_front(fig: go.Figure, table: pd.DataFrame, group: str, cmap: dict[str, s
             if part.empty:
                 continue
             running = part["status"] == Status.RUNNING
+            bar_colour = _translucent(c, 0.6 if on else FADED)  # 95% intervals, fainter than the points
+            customdata = part[["experiment", "trial_id", "status", group]].astype(str).assign(
+                clean_interval=interval_text(part, "clean"), robust_interval=interval_text(part, "robust"))
             fig.add_trace(go.Scatter(
                 x=part["clean"], y=part["robust"], mode="lines+markers" if on else "markers",
                 name=str(g), legendgroup=str(g), showlegend=False,
@@ -50,8 +89,8 @@ def add_front(fig: go.Figure, table: pd.DataFrame, group: str, cmap: dict[str, s
                 marker={"color": c, "size": 11 if on else 8, "opacity": 1.0 if on else FADED,
                         "symbol": ["circle-open" if r else "circle" for r in running],
                         "line": {"width": 1, "color": "white" if on else c}},
-                customdata=part[["experiment", "trial_id", "status", group]].astype(str).to_numpy(),
-                hovertemplate=_hover(group)), **kw)
+                error_x=error_bars(part, "clean", bar_colour), error_y=error_bars(part, "robust", bar_colour),
+                customdata=customdata.to_numpy(), hovertemplate=_hover(group)), **kw)
 
 
 def span(values) -> list[float] | None:
@@ -82,7 +121,8 @@ def attack_bars(acc: pd.DataFrame) -> go.Figure:
         # hatched: summaries over several attacks (per-image worst cases, means)
         fig.add_bar(x=sub["threat"] + " · " + sub["attack"], y=sub["accuracy"], name=trial,
                     marker_pattern_shape=["/" if a else "" for a in sub["aggregate"]],
-                    hovertemplate="%{x}: %{y:.3f}<extra>" + trial + "</extra>")
+                    error_y=error_bars(sub, "accuracy"), customdata=np.array(interval_text(sub, "accuracy")),
+                    hovertemplate="%{x}: %{y:.3f}%{customdata}<extra>" + trial + "</extra>")
     fig.update_layout(barmode="group", height=380, margin={"l": 10, "r": 10, "t": 30, "b": 10},
                       yaxis={"title": "accuracy", "tickformat": PCT, "range": [0, 1]},
                       legend={"orientation": "h", "y": -0.35})
@@ -96,6 +136,8 @@ def seen_unseen_figure(su: pd.DataFrame, group: str, cmap: dict[str, str]) -> go
     for g, sub in su.groupby(group, sort=True):
         fig.add_scatter(x=sub[WORST_SEEN], y=sub[UNION_UNSEEN], mode="markers", name=str(g),
                         marker={"color": cmap.get(g, OTHER), "size": 10},
+                        error_x=error_bars(sub, WORST_SEEN, cmap.get(g, OTHER)),
+                        error_y=error_bars(sub, UNION_UNSEEN, cmap.get(g, OTHER)),
                         customdata=sub[["trial_id", "retained"]].to_numpy(),
                         hovertemplate="%{customdata[0]}<br>seen %{x:.3f} → unseen %{y:.3f}"
                                       "<br>retained %{customdata[1]:.0%}<extra></extra>")
@@ -159,6 +201,7 @@ def robustness_curve_figure(curve: pd.DataFrame) -> go.Figure:
     for i, (trial, sub) in enumerate(curve.groupby("trial", sort=False)):
         fig.add_scatter(x=sub["eps"], y=sub["accuracy"], mode="lines+markers", name=trial,
                         line={"color": PALETTE[i % len(PALETTE)]},
+                        error_y=error_bars(sub, "accuracy", PALETTE[i % len(PALETTE)]),
                         marker={"size": [12 if p == "eps_eval" else 8 for p in sub["point"]],
                                 "symbol": [POINT_SYMBOLS.get(p, "circle") for p in sub["point"]]},
                         customdata=sub[["point"]].to_numpy(),

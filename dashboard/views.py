@@ -12,6 +12,10 @@ The objectives are accuracies in [0, 1], both maximized. The views:
 Every view here is at each trial's ε_eval: the robustness curve's rows at other radii
 (``<attack>@<radius>``, see ``raysearch.schema.curve_attack``) are left out of ``final_rows``;
 :mod:`dashboard.curves` reads them.
+
+Each objective comes with the 95% Wilson interval of the row it was taken from
+(``clean_low``/``clean_high``, ``robust_low``/``robust_high``: the schema's interval columns,
+NaN where the files hold none), so the figures can draw error bars.
 """
 from __future__ import annotations
 
@@ -21,13 +25,22 @@ from dataclasses import dataclass
 import pandas as pd
 
 from dashboard.load import KEY
-from raysearch.schema import CURVE_MARK, Stage, Status, Threat
+from raysearch.schema import CURVE_MARK, Stage, Status, Threat, interval_names
 
 PROXY = "proxy"
 WORST_SEEN = "worst_seen"
 UNION_UNSEEN = "union_unseen"
 AGGREGATES = (WORST_SEEN, UNION_UNSEEN)
 AGGREGATE_NORM = "mixed"  # the evaluator's norm of rows that summarize several attacks
+
+
+def with_interval(name: str) -> list[str]:
+    """``name`` and its interval columns (``<name>_low``, ``<name>_high``)."""
+    return [name, *interval_names(name)]
+
+
+ACCURACY = with_interval("accuracy")  # an evals row's accuracy and its interval
+CLEAN, ROBUST = with_interval("clean"), with_interval("robust")  # the objectives and their intervals
 
 
 @dataclass(frozen=True)
@@ -60,11 +73,33 @@ def attack_rows(fin: pd.DataFrame) -> pd.DataFrame:
     return fin[fin["threat"].isin([Threat.SEEN, Threat.UNSEEN]) & ~is_aggregate(fin)]
 
 
+def _extreme(rows: pd.DataFrame, highest: bool) -> pd.DataFrame:
+    """Per trial (indexed by KEY) the row with the highest (else the lowest) accuracy: its
+    accuracy and interval (NaN where the rows carry no interval)."""
+    rows = rows[rows["accuracy"].notna()].reindex(columns=KEY + ACCURACY).reset_index(drop=True)
+    if rows.empty:
+        return pd.DataFrame(columns=ACCURACY, index=pd.MultiIndex.from_tuples([], names=KEY), dtype=float)
+    accuracy = rows.groupby(KEY)["accuracy"]
+    return rows.loc[(accuracy.idxmax() if highest else accuracy.idxmin()).to_numpy()].set_index(KEY)
+
+
+def _first_of(preferred: pd.DataFrame, fallback: pd.DataFrame) -> pd.DataFrame:
+    """``preferred``'s rows, and ``fallback``'s for the trials ``preferred`` lacks (whole rows,
+    so an accuracy keeps its own interval)."""
+    return pd.concat([preferred, fallback[~fallback.index.isin(preferred.index)]])
+
+
+def _clean(rows: pd.DataFrame) -> pd.DataFrame:
+    """Clean accuracy per trial with its interval: the ``clean`` row (not e.g. a randomized
+    predictor's single-draw ``clean_per_draw``), else the best clean-threat row."""
+    return _first_of(_extreme(rows[rows["attack"] == "clean"], True),
+                     _extreme(rows[rows["threat"] == Threat.CLEAN], True))
+
+
 def clean_accuracy(rows: pd.DataFrame) -> pd.Series:
     """Clean accuracy per trial: the ``clean`` row (not e.g. a randomized predictor's
     single-draw ``clean_per_draw``), else the best clean-threat row."""
-    named = rows[rows["attack"] == "clean"].groupby(KEY)["accuracy"].max()
-    return named.combine_first(rows[rows["threat"] == Threat.CLEAN].groupby(KEY)["accuracy"].max())
+    return _clean(rows)["accuracy"]
 
 
 def views(evals: pd.DataFrame) -> list[View]:
@@ -93,72 +128,88 @@ def views(evals: pd.DataFrame) -> list[View]:
     return out
 
 
+def _as(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """An accuracy table (``ACCURACY`` columns) renamed to ``columns`` (e.g. ``CLEAN``)."""
+    return table.rename(columns=dict(zip(ACCURACY, columns)))
+
+
 def _proxy_from_evals(evals: pd.DataFrame) -> pd.DataFrame:
-    """clean and seen accuracy at each trial's last evaluated epoch of the trial stage."""
+    """clean and seen accuracy, with their intervals (``CLEAN + ROBUST``), at each trial's last
+    evaluated epoch of the trial stage, indexed by KEY."""
     ev = evals[(evals["stage"] == Stage.TRIAL) & evals["accuracy"].notna()] if len(evals) else evals
     if ev.empty:
-        return pd.DataFrame(columns=KEY + ["clean_proxy", "robust_proxy"])
+        return pd.DataFrame(columns=CLEAN + ROBUST, index=pd.MultiIndex.from_tuples([], names=KEY), dtype=float)
     last = ev.groupby(KEY)["epoch"].transform("max")
     ev = ev[ev["epoch"] == last]
-    clean = clean_accuracy(ev).rename("clean_proxy")
-    robust = ev[ev["threat"] == Threat.SEEN].groupby(KEY)["accuracy"].min().rename("robust_proxy")
-    return pd.concat([clean, robust], axis=1).reset_index()
+    return pd.concat([_as(_clean(ev), CLEAN), _as(_extreme(ev[ev["threat"] == Threat.SEEN], False), ROBUST)], axis=1)
 
 
-def _final_robust(fin: pd.DataFrame, key: str) -> pd.Series:
+def _final_robust(fin: pd.DataFrame, key: str) -> pd.DataFrame:
     attacks = attack_rows(fin)
     if key in AGGREGATES:
-        direct = fin[fin["attack"] == key].groupby(KEY)["accuracy"].min()
+        direct = _extreme(fin[fin["attack"] == key], False)
         # Without the stored aggregate the worst single attack is used: for a per-image worst
         # case over attacks that is an upper bound.
         threat = Threat.SEEN if key == WORST_SEEN else Threat.UNSEEN
-        return direct.combine_first(attacks[attacks["threat"] == threat].groupby(KEY)["accuracy"].min())
+        return _first_of(direct, _extreme(attacks[attacks["threat"] == threat], False))
     kind, _, name = key.partition(":")
     if kind == "family":
-        direct = fin[fin["attack"] == f"worst_{name}"].groupby(KEY)["accuracy"].min()
-        return direct.combine_first(attacks[attacks["family"] == name].groupby(KEY)["accuracy"].min())
-    return fin[fin["attack"] == name].groupby(KEY)["accuracy"].min()
+        direct = _extreme(fin[fin["attack"] == f"worst_{name}"], False)
+        return _first_of(direct, _extreme(attacks[attacks["family"] == name], False))
+    return _extreme(fin[fin["attack"] == name], False)
+
+
+def _fill(out: pd.DataFrame, where: pd.Series, columns: list[str], values: pd.DataFrame) -> None:
+    """Set ``columns`` of ``out``'s rows ``where`` from ``values`` (indexed by KEY), whole rows,
+    so that an accuracy and its interval come from one measurement."""
+    if where.any():
+        picked = values.reindex(pd.MultiIndex.from_frame(out.loc[where, KEY]))
+        for column in columns:
+            out.loc[where, column] = picked[column].to_numpy(dtype=float)
 
 
 def objectives(trials: pd.DataFrame, evals: pd.DataFrame, view: str = PROXY) -> pd.DataFrame:
     """One row per trial: key, method, status, ``clean`` and ``robust`` under ``view`` (NaN
     where the trial has no such measurement, e.g. failed trials or trials the final evaluation
-    did not cover)."""
+    did not cover), each with the 95% interval of its measurement (``CLEAN``, ``ROBUST``)."""
     cols = KEY + ["method", "status", "finished_at", "device_s"]
     if trials.empty:
-        return pd.DataFrame(columns=cols + ["clean", "robust"])
+        return pd.DataFrame(columns=cols + CLEAN + ROBUST)
     out = trials[cols].copy()
+    search_time = trials.reindex(columns=with_interval("clean_acc") + with_interval("robust_acc"))
+    search_time.index = out.index
     if view == PROXY:
-        proxy = _proxy_from_evals(evals)
-        out = out.merge(proxy, on=KEY, how="left") if len(proxy) else out.assign(clean_proxy=math.nan, robust_proxy=math.nan)
         # The trial's own summary wins; the per-epoch rows fill trials still running.
-        out["clean"] = trials["clean_acc"].to_numpy()
-        out["robust"] = trials["robust_acc"].to_numpy()
+        for names, stored in ((CLEAN, "clean_acc"), (ROBUST, "robust_acc")):
+            for name, column in zip(names, with_interval(stored)):
+                out[name] = search_time[column].astype(float)
+        proxy = _proxy_from_evals(evals)
         # A failed trial's partial epochs are not a result: it stays off the fronts.
         live = out["status"] != Status.FAILED
-        out["clean"] = out["clean"].fillna(out.pop("clean_proxy").where(live))
-        out["robust"] = out["robust"].fillna(out.pop("robust_proxy").where(live))
+        _fill(out, out["clean"].isna() & live, CLEAN, proxy)
+        _fill(out, out["robust"].isna() & live, ROBUST, proxy)
         return out
+    for name in CLEAN + ROBUST:
+        out[name] = math.nan
     fin = final_rows(evals)
     if fin.empty:
-        return out.assign(clean=math.nan, robust=math.nan)
-    clean = clean_accuracy(fin).rename("clean")
-    robust = _final_robust(fin, view).rename("robust")
-    both = pd.concat([clean, robust], axis=1).reset_index()
-    out["clean_acc"] = trials["clean_acc"].to_numpy()
-    out = out.merge(both, on=KEY, how="left")
+        return out
+    both = pd.concat([_as(_clean(fin), CLEAN), _as(_final_robust(fin, view), ROBUST)], axis=1)
+    _fill(out, pd.Series(True, index=out.index), CLEAN + ROBUST, both)
     # A trial with final attack rows but no final clean row falls back to its search-time clean accuracy.
-    out["clean"] = out["clean"].where(out["robust"].isna(), out["clean"].fillna(out["clean_acc"]))
-    out = out.drop(columns="clean_acc")
+    fallback = out["robust"].notna() & out["clean"].isna()
+    for name, column in zip(CLEAN, with_interval("clean_acc")):
+        out.loc[fallback, name] = search_time.loc[fallback, column]
     return out
 
 
 def seen_unseen(trials: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
-    """Per trial with a final evaluation: clean, worst_seen, union_unseen and ``retained``, the
-    share of its seen-attack robustness that survives the unseen attacks
-    (union_unseen / worst_seen; NaN where worst_seen is 0)."""
-    seen = objectives(trials, evals, WORST_SEEN).rename(columns={"robust": WORST_SEEN})
-    unseen = objectives(trials, evals, UNION_UNSEEN)[KEY + ["robust"]].rename(columns={"robust": UNION_UNSEEN})
+    """Per trial with a final evaluation: clean, worst_seen, union_unseen (each with its
+    interval) and ``retained``, the share of its seen-attack robustness that survives the
+    unseen attacks (union_unseen / worst_seen; NaN where worst_seen is 0)."""
+    seen = objectives(trials, evals, WORST_SEEN).rename(columns=dict(zip(ROBUST, with_interval(WORST_SEEN))))
+    unseen = objectives(trials, evals, UNION_UNSEEN)[KEY + ROBUST].rename(
+        columns=dict(zip(ROBUST, with_interval(UNION_UNSEEN))))
     out = seen.merge(unseen, on=KEY, how="left")
     out = out[out[WORST_SEEN].notna() | out[UNION_UNSEEN].notna()].reset_index(drop=True)
     ws = out[WORST_SEEN].where(out[WORST_SEEN] > 0)

@@ -5,6 +5,11 @@ Whatever writes a row builds it here (``trial_row``, ``eval_row``) and the store
 row with a column not declared below (``check_row``); whatever reads the files gets every
 declared column, absent ones filled with their missing value (``raysearch.store.conform``).
 Accuracies are fractions in [0, 1], times are seconds, budgets are on the [0, 1] pixel scale.
+
+Every accuracy column names the column holding its n, the images it was measured on
+(``Column.n``); from that pairing each accuracy gets two derived columns, ``<name>_low`` and
+``<name>_high``, the ends of its 95% Wilson score interval (``intervals``). Derived columns are
+filled by the store when it writes (``raysearch.store``), never by a writer.
 Pure Python: no pyarrow or pandas here, so the attack registry and the workers can use the
 vocabularies for nothing.
 """
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Mapping
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: n and 95% Wilson interval columns beside every accuracy
 HP_PREFIX = "hp_"  # trials.parquet: one typed column per config field, "hp_<field>"
 
 
@@ -54,6 +59,8 @@ class Column:
     kind: str  # one of KINDS
     doc: str
     unit: str = ""
+    n: str = ""  # an accuracy (unit FRACTION): the column holding how many images it was measured on
+    derived: bool = False  # filled by the store at write time from other columns; no writer sets it
 
     @property
     def missing(self) -> Any:
@@ -61,11 +68,50 @@ class Column:
         return math.nan if self.kind == "float" else None
 
 
-def _c(kind: str, doc: str, unit: str = "") -> Column:
-    return Column(kind, doc, unit)
+def _c(kind: str, doc: str, unit: str = "", n: str = "") -> Column:
+    return Column(kind, doc, unit, n)
 
 
-TRIAL_COLUMNS: dict[str, Column] = {
+@dataclass(frozen=True)
+class Interval:
+    """The derived 95% Wilson interval columns of one accuracy column."""
+
+    accuracy: str  # the accuracy column (a fraction)
+    n: str  # the column holding its n
+    low: str
+    high: str
+
+
+INTERVAL_LOW, INTERVAL_HIGH = "_low", "_high"  # suffixes of an accuracy's interval columns
+
+
+def interval_names(accuracy: str) -> tuple[str, str]:
+    """The names of ``accuracy``'s interval columns: (``<accuracy>_low``, ``<accuracy>_high``)."""
+    return f"{accuracy}{INTERVAL_LOW}", f"{accuracy}{INTERVAL_HIGH}"
+
+
+def _with_intervals(columns: dict[str, Column]) -> dict[str, Column]:
+    """``columns`` followed by the two derived interval columns of every accuracy column."""
+    out = dict(columns)
+    for name, column in columns.items():
+        if not column.n:
+            continue
+        n_column = columns.get(column.n)
+        if column.unit != FRACTION or n_column is None or n_column.kind != "int":
+            raise SchemaError(f"{name}: only an accuracy has an n, and its n must be a declared int column")
+        low, high = interval_names(name)
+        for end, column_name in (("lower", low), ("upper", high)):
+            out[column_name] = Column("float", f"{end} end of {name}'s 95% Wilson score interval on {column.n} "
+                                               f"images (derived by the store; NaN where either is missing)",
+                                      FRACTION, derived=True)
+    return out
+
+
+class SchemaError(ValueError):
+    """A row that does not fit the schema: a bug in whatever built it."""
+
+
+TRIAL_COLUMNS: dict[str, Column] = _with_intervals({
     "schema_version": _c("int", "version of this schema the row was written with"),
     "experiment": _c("str", "experiment name (its folder under the storage path)"),
     "trial_id": _c("str", "Ray Tune's trial id"),
@@ -74,8 +120,10 @@ TRIAL_COLUMNS: dict[str, Column] = {
     "arch": _c("str", "classifier architecture as given (auto: chosen per data set)"),
     "status": _c("str", "one of Status"),
     "error": _c("str", "why the trial failed, one line (failed trials only)"),
-    "clean_acc": _c("float", "per-epoch proxy: clean accuracy at the last epoch (validation split)", FRACTION),
-    "robust_acc": _c("float", "per-epoch proxy: seen-attack accuracy at the last epoch", FRACTION),
+    "clean_acc": _c("float", "per-epoch proxy: clean accuracy at the last epoch (validation split)", FRACTION,
+                    n="eval_n"),
+    "robust_acc": _c("float", "per-epoch proxy: seen-attack accuracy at the last epoch", FRACTION, n="eval_n"),
+    "eval_n": _c("int", "per-epoch proxy: validation images clean_acc and robust_acc were measured on"),
     "eps_eval": _c("float", "L∞ radius of the seen attack", PIXEL_SCALE),
     "epochs": _c("int", "epochs trained", EPOCHS),
     "wall_s": _c("float", "wall-clock time of the trial", SECONDS),
@@ -91,13 +139,15 @@ TRIAL_COLUMNS: dict[str, Column] = {
     "checkpoint": _c("str", "folder of the trial's last checkpoint, relative to the experiment folder (absolute in "
                             "results written before that rule; readers resolve both)"),
     "config_json": _c("str", "the trial's full config as JSON"),
-    "final_clean_acc": _c("float", "final suite: clean accuracy (test split)", FRACTION),
-    "final_worst_seen": _c("float", "final suite: per-image worst case over seen attacks", FRACTION),
-    "final_union_unseen": _c("float", "final suite: robust to every unseen attack, per image", FRACTION),
+    "final_clean_acc": _c("float", "final suite: clean accuracy (test split)", FRACTION, n="final_n"),
+    "final_worst_seen": _c("float", "final suite: per-image worst case over seen attacks", FRACTION, n="final_n"),
+    "final_union_unseen": _c("float", "final suite: robust to every unseen attack, per image", FRACTION,
+                             n="final_n"),
+    "final_n": _c("int", "final suite: test images the final_* accuracies were measured on"),
     "masking_flags": _c("str", "final suite: ';'-joined gradient-masking flags ('' if none)"),
-}
+})
 
-EVAL_COLUMNS: dict[str, Column] = {
+EVAL_COLUMNS: dict[str, Column] = _with_intervals({
     "schema_version": _c("int", "version of this schema the row was written with"),
     "experiment": _c("str", "experiment name"),
     "trial_id": _c("str", "Ray Tune's trial id"),
@@ -112,11 +162,13 @@ EVAL_COLUMNS: dict[str, Column] = {
     "norm": _c("str", "linf, l2, flow, colour, dct, none; mixed for aggregates"),
     "eps": _c("float", "the attack's budget in its norm's units; NaN where none applies (aggregates at ε_eval); "
                        "on '<name>@<radius>' rows the radius, aggregates included"),
-    "accuracy": _c("float", "accuracy on the n images", FRACTION),
+    "accuracy": _c("float", "accuracy on the n images", FRACTION, n="n"),
     "n": _c("int", "images evaluated"),
-    "eot_samples": _c("int", "random draws per gradient and score (1: deterministic predictor)"),
+    "eot_samples": _c("int", "random draws averaged per gradient (1: deterministic predictor)"),
+    "scoring_calls": _c("int", "fresh predictor calls each image is scored on; the accuracy is the mean fraction "
+                               "of correct calls (1: deterministic predictor)"),
     "seconds": _c("float", "time the attack took", SECONDS),
-}
+})
 
 FINAL_EPOCH = -1  # evals.parquet epoch of final-stage rows
 CURVE_MARK = "@"  # in an evals.parquet attack name: a robustness-curve row at another radius than ε_eval
@@ -130,10 +182,6 @@ def curve_attack(attack: str, radius: float) -> str:
     return f"{attack}{CURVE_MARK}{radius:g}"
 
 
-class SchemaError(ValueError):
-    """A row that does not fit the schema: a bug in whatever built it."""
-
-
 def columns_of(kind: str) -> dict[str, Column]:
     """The columns of "trials" or "evals"."""
     if kind == "trials":
@@ -143,9 +191,15 @@ def columns_of(kind: str) -> dict[str, Column]:
     raise SchemaError(f"unknown row kind {kind!r}; known: trials, evals")
 
 
+def intervals(kind: str) -> list[Interval]:
+    """The interval columns of "trials" or "evals", one per accuracy column."""
+    return [Interval(name, column.n, *interval_names(name)) for name, column in columns_of(kind).items() if column.n]
+
+
 def check_row(row: Mapping[str, Any], kind: str) -> None:
     """Raise SchemaError for a column not declared for ``kind`` (trials may add ``hp_<field>``
-    columns) and for an accuracy outside [0, 1]."""
+    columns) and for an accuracy outside [0, 1]. Derived columns are declared: a row read back
+    from a file carries them, and the store recomputes them when it writes."""
     columns = columns_of(kind)
     for name, value in row.items():
         column = columns.get(name)
@@ -173,12 +227,12 @@ def trial_row(*, experiment: str, trial_id: str, method: str, dataset: str, arch
 
 def eval_row(*, experiment: str, trial_id: str, method: str, dataset: str, stage: Stage, epoch: int,
              attack: str, family: str, threat: Threat, norm: str, eps: float, accuracy: float, n: int,
-             eot_samples: int, seconds: float) -> dict[str, Any]:
+             eot_samples: int, scoring_calls: int, seconds: float) -> dict[str, Any]:
     """One (trial, stage, epoch, attack) result."""
     row = dict(schema_version=SCHEMA_VERSION, experiment=experiment, trial_id=trial_id, method=method,
                dataset=dataset, stage=Stage(stage), epoch=int(epoch), attack=attack, family=family,
                threat=Threat(threat), norm=norm, eps=float(eps), accuracy=float(accuracy), n=int(n),
-               eot_samples=int(eot_samples), seconds=float(seconds))
+               eot_samples=int(eot_samples), scoring_calls=int(scoring_calls), seconds=float(seconds))
     check_row(row, "evals")
     return row
 

@@ -10,7 +10,9 @@
 Every write goes to a temporary file in the same folder and is renamed over the old one, so a
 reader sees the old file or the new one, never half of one. Rows are checked against the schema
 before anything is written; numbers are stored as numbers, each declared column with its
-declared type.
+declared type. The schema's derived columns, each accuracy's 95% Wilson interval
+(``raysearch.schema.intervals``), are computed here from the accuracy and its n on every write,
+whatever the row held, so no writer computes them and none can forget them or leave them stale.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raysearch.schema import SCHEMA_VERSION, Column, check_row, columns_of
+from raysearch.schema import SCHEMA_VERSION, Column, check_row, columns_of, intervals
+from raysearch.stats import accuracy_interval
 
 TRIALS = "trials.parquet"
 EVALS = "evals.parquet"
@@ -89,8 +92,17 @@ def atomic_write_bytes(path: Path, write) -> None:
         raise
 
 
+def with_intervals(row: dict[str, Any], kind: str) -> dict[str, Any]:
+    """A copy of ``row`` with every accuracy's interval columns computed from the accuracy and
+    its n (NaN where either is missing); the values the row held there are ignored."""
+    out = dict(row)
+    for interval in intervals(kind):
+        out[interval.low], out[interval.high] = accuracy_interval(row.get(interval.accuracy), row.get(interval.n))
+    return out
+
+
 def _write(path: Path, rows: Iterable[dict[str, Any]], kind: str) -> None:
-    rows = [{**r, "schema_version": SCHEMA_VERSION} for r in rows]
+    rows = [with_intervals({**r, "schema_version": SCHEMA_VERSION}, kind) for r in rows]
     table = _table(rows, kind)
     atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp))
 
@@ -125,7 +137,8 @@ def read_frame(path: Path):
 def conform(frame, kind: str):
     """A copy of a pandas frame read from a results file with every declared column of ``kind``
     present (absent ones filled with their missing value, e.g. from a file written before the
-    column existed) and numbers as floats, so readers never patch columns themselves."""
+    column existed: an older file's n and interval columns are NaN) and numbers as floats, so
+    readers never patch columns themselves."""
     import pandas as pd
 
     frame = frame.copy()

@@ -1,7 +1,7 @@
 """Shared pieces of the dashboard tests (tests/test_dashboard_*.py): results folders written
 through raysearch.store as a search and its final evaluation write them: several methods, hp_*
 columns, per-epoch and final rows, a failed and a running trial, and (``curve``) the robustness
-curve's rows at further radii."""
+curve's rows at further radii. Every accuracy has its n (the store derives its interval)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,6 +19,7 @@ SEEN = [("fgsm", "fgsm", "linf"), ("pgd_ce", "pgd", "linf"), ("pgd_cw", "pgd", "
 UNSEEN = [("pgd_l2", "pgd_l2", "l2"), ("stadv", "stadv", "flow"), ("recolor", "recolor", "colour"),
           ("jpeg", "jpeg", "dct"), ("gaussian_noise_s3", "corruption", "none"), ("blur_s3", "corruption", "none")]
 CHECKS = [("pgd_eps_x0.5", 0.9), ("pgd_eps_x2", 0.3), ("pgd_unbounded", 0.0)]
+PROXY_N, FINAL_N = 200, 1000  # images of the per-epoch proxy and of the final suite
 HP = {"pgd_at": {"eps_train": (0.05, 0.3), "attack_steps": (3, 10), "lr": (0.01, 0.2)},
       "trades": {"eps_train": (0.05, 0.3), "beta": (0.5, 12.0), "lr": (0.01, 0.2)},
       "standard": {"lr": (0.005, 0.2), "weight_decay": (1e-5, 1e-3)}}
@@ -54,6 +55,7 @@ def write_experiment(root: Path, method: str, n: int = 6, seed: int = 0, final: 
                "status": status, "error": "RuntimeError: loss is NaN" if status == Status.FAILED else "",
                "clean_acc": clean if status == Status.COMPLETED else None,
                "robust_acc": robust if status == Status.COMPLETED else None,
+               "eval_n": PROXY_N if status == Status.COMPLETED else None,
                "eps_eval": 0.2, "epochs": epochs if status == Status.COMPLETED else 1,
                "wall_s": 10.0 + i, "device_s": 10.0 + i, "num_workers": 1, "nodes": "127.0.0.1",
                "started_at": t0 + 20 * i, "finished_at": t0 + 20 * i + 15 if status != Status.RUNNING else None, **hp}
@@ -66,7 +68,7 @@ def write_experiment(root: Path, method: str, n: int = 6, seed: int = 0, final: 
                 evals.append({"experiment": name, "trial_id": tid, "method": method, "dataset": "digits",
                               "stage": Stage.TRIAL, "epoch": ep, "attack": attack, "family": attack.split("20")[0],
                               "threat": threat, "norm": "linf" if threat == Threat.SEEN else "none",
-                              "eps": 0.2 if threat == Threat.SEEN else None, "accuracy": acc, "n": 200,
+                              "eps": 0.2 if threat == Threat.SEEN else None, "accuracy": acc, "n": PROXY_N,
                               "eot_samples": 1, "seconds": 0.5})
     if final:
         done = [t for t in trials if t["status"] == Status.COMPLETED]
@@ -75,7 +77,7 @@ def write_experiment(root: Path, method: str, n: int = 6, seed: int = 0, final: 
             if not on:
                 continue
             base = {"experiment": name, "trial_id": t["trial_id"], "method": method, "dataset": "digits",
-                    "stage": Stage.FINAL, "epoch": FINAL_EPOCH, "n": 1000, "eot_samples": 1, "seconds": 2.0}
+                    "stage": Stage.FINAL, "epoch": FINAL_EPOCH, "n": FINAL_N, "eot_samples": 1, "seconds": 2.0}
             evals.append({**base, "attack": "clean", "family": "clean", "threat": Threat.CLEAN, "norm": "none",
                           "eps": None, "accuracy": t["clean_acc"] - 0.005})
             accs = {}
@@ -107,6 +109,7 @@ def write_experiment(root: Path, method: str, n: int = 6, seed: int = 0, final: 
             t["final_clean_acc"] = t["clean_acc"] - 0.005
             t["final_worst_seen"] = max(0.0, aggregates["worst_seen"][2])
             t["final_union_unseen"] = max(0.0, aggregates["union_unseen"][2])
+            t["final_n"] = FINAL_N
             t["masking_flags"] = ""
     store.write_trials(exp_dir, trials)
     store.write_evals(exp_dir, evals)

@@ -94,12 +94,15 @@ def test_page_shows_each_methods_front_with_dominated_trials_faded(monkeypatch, 
         else:
             assert pts.isdisjoint(on) and trace["marker"]["opacity"] < 0.5
         assert all(len(cd) >= 2 for cd in trace["customdata"])  # (experiment, trial_id) for selection
+        # each proxy accuracy's 95% interval (on eval_n validation images) as asymmetric error bars
+        assert trace["error_x"]["symmetric"] is False and len(trace["error_y"]["arrayminus"]) == len(trace["x"])
     colours = {t["name"]: t["marker"]["color"] for t in front["data"]}
     assert len(set(colours.values())) == len(colours) == 2
     hv = fronts.hypervolumes(table)
     metrics = {m.label.split("· ")[1]: m.value for m in at.metric}
     assert metrics == {k: f"{v:.4f}" for k, v in hv.items()}
     assert "11 trials (8 completed, 2 failed, 1 running)" in at.caption[0].value
+    assert any("95% Wilson intervals" in c.value for c in at.caption)
 
 
 def test_view_selector_offers_final_attacks_and_redraws(monkeypatch, root):

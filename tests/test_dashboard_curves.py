@@ -82,7 +82,8 @@ def test_curve_table_of_a_selection(res, plain):
     unevaluated = next(k for k in res.trials[load.KEY].itertuples(index=False, name=None) if k not in evaluated)
     keys = [evaluated[0], unevaluated, evaluated[-1]]
     table = curves.curves(res.trials, res.evals, keys)
-    assert list(table.columns) == ["trial", "experiment", "trial_id", "eps", "accuracy", "point"]
+    assert list(table.columns) == ["trial", "experiment", "trial_id", "eps", "accuracy", "accuracy_low",
+                                   "accuracy_high", "point"]
     assert set(table["trial"]) == {details.label(*evaluated[0]), details.label(*evaluated[-1])}
     worst = views.objectives(res.trials, res.evals, views.WORST_SEEN).set_index(load.KEY)
     for key in (evaluated[0], evaluated[-1]):
@@ -92,6 +93,10 @@ def test_curve_table_of_a_selection(res, plain):
                                           curves.POINT_RADIUS]
         assert mine["accuracy"].iloc[0] == worst.loc[key, "clean"] and mine["accuracy"].iloc[2] == worst.loc[key, "robust"]
         assert mine["accuracy"].is_monotonic_decreasing
+        # every point with the 95% interval of the row it came from
+        assert (mine["accuracy_low"] <= mine["accuracy"]).all() and (mine["accuracy"] <= mine["accuracy_high"]).all()
+        assert mine["accuracy_high"].gt(mine["accuracy_low"]).all()
+        assert mine["accuracy_low"].iloc[2] == worst.loc[key, "robust_low"]
     # without a curve: clean and ε_eval only; no selection, nothing
     bare = curves.curves(plain.trials, plain.evals, keys)
     assert set(bare["point"]) == {curves.POINT_CLEAN, curves.POINT_EPS_EVAL} and len(bare) == 4

@@ -43,6 +43,21 @@ def test_selection_details(root):
     assert details.selected_keys(None) == []
 
 
+def test_per_attack_accuracies_carry_their_intervals(root):
+    res = load.load_results(root)
+    key = tuple(views.final_rows(res.evals)[load.KEY].iloc[0])
+    acc = details.attack_accuracies(res.evals, [key])
+    assert {"accuracy_low", "accuracy_high"} <= set(acc.columns) and acc["accuracy_low"].notna().all()
+    assert ((acc["accuracy_low"] <= acc["accuracy"]) & (acc["accuracy"] <= acc["accuracy_high"])).all()
+    stored = res.evals[(res.evals["trial_id"] == key[1]) & (res.evals["attack"] == "square")
+                       & (res.evals["stage"] == Stage.FINAL)]
+    square = acc[acc["attack"] == "square"]
+    assert square["accuracy_high"].item() == stored["accuracy_high"].item()
+    # rows not read through the store (no interval columns) get NaN ones
+    bare = details.attack_accuracies(res.evals.drop(columns=["accuracy_low", "accuracy_high"]), [key])
+    assert list(bare.columns) == list(acc.columns) and bare["accuracy_low"].isna().all()
+
+
 def test_masking_flags_stored_and_checked(tmp_path):
     root = tmp_path / "r"
     exp_dir = write_experiment(root, "pgd_at", n=6, failed=False)

@@ -1,10 +1,13 @@
 """dashboard.figures: the Plotly figures built from the dashboard's tables, without Streamlit."""
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 
 from dashboard import figures, fronts
+from raysearch.stats import accuracy_interval
 
 
 def test_span_pads_the_data_and_stays_near_the_unit_interval():
@@ -41,3 +44,56 @@ def test_robustness_curve_figure_draws_one_line_per_trial_with_eps_eval_marked()
     assert list(a.marker.symbol) == ["circle-open", "circle", "diamond", "circle"]
     assert list(b.x) == [0.0, 0.2] and a.line.color != b.line.color
     assert fig.layout.yaxis.tickformat == figures.PCT and "seen" in fig.layout.title.text
+
+
+def _with_intervals(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with each objective's 95% interval as the store derives it, on 100 images."""
+    out = table.copy()
+    for name in ("clean", "robust"):
+        ends = [accuracy_interval(v, 100) for v in out[name]]
+        out[f"{name}_low"], out[f"{name}_high"] = [e[0] for e in ends], [e[1] for e in ends]
+    return out
+
+
+def test_the_front_draws_each_trials_95_percent_intervals_as_asymmetric_error_bars():
+    table = fronts.with_front(_with_intervals(pd.DataFrame({
+        "experiment": "e", "trial_id": ["t1", "t2", "t3"], "method": "m", "status": "completed",
+        "clean": [0.9, 0.6, 0.5], "robust": [0.3, 0.5, 0.2]})))
+    fig = figures.front_figure(table, "method", figures.colours(table["method"]), "Worst case (final)").to_dict()
+    _, on, off = fig["data"]
+    by_id = table.set_index("trial_id")
+    for trace, ids in ((on, ["t2", "t1"]), (off, ["t3"])):
+        rows = by_id.loc[ids]
+        for axis, name in (("error_x", "clean"), ("error_y", "robust")):
+            bars = trace[axis]
+            assert bars["type"] == "data" and bars["symmetric"] is False
+            assert bars["array"] == pytest.approx(list(rows[f"{name}_high"] - rows[name]))
+            assert bars["arrayminus"] == pytest.approx(list(rows[name] - rows[f"{name}_low"]))
+        last = rows.iloc[-1]  # robust 0.3 or 0.2: a Wilson interval away from 0.5 is asymmetric
+        assert last["robust_high"] - last["robust"] > last["robust"] - last["robust_low"]
+    assert on["customdata"][0][5] == " [0.404, 0.596]"  # t2's robust 0.5 on 100 images, in the hover text
+    # without intervals (an older file), no error bars and an empty hover suffix
+    bare = figures.front_figure(table.drop(columns=["clean_low", "clean_high", "robust_low", "robust_high"]),
+                                "method", figures.colours(table["method"]), "x").to_dict()
+    assert all("error_x" not in t and "error_y" not in t for t in bare["data"])
+
+
+def test_a_missing_interval_draws_no_bar_for_that_trial_only():
+    table = _with_intervals(pd.DataFrame({"clean": [0.9, 0.6], "robust": [0.3, 0.5]}))
+    table.loc[1, ["robust_low", "robust_high"]] = math.nan
+    bars = figures.error_bars(table, "robust", "red")
+    assert bars["array"][1] is None and bars["arrayminus"][1] is None and bars["array"][0] > 0
+    assert bars["color"] == "red"
+    table[["robust_low", "robust_high"]] = math.nan
+    assert figures.error_bars(table, "robust") is None
+
+
+def test_the_per_attack_bars_carry_error_bars():
+    acc = pd.DataFrame({"trial": "e / a", "threat": ["clean", "seen"], "attack": ["clean", "pgd_ce"],
+                        "accuracy": [0.9, 0.4], "aggregate": False})
+    ends = [accuracy_interval(v, 360) for v in acc["accuracy"]]
+    acc["accuracy_low"], acc["accuracy_high"] = [e[0] for e in ends], [e[1] for e in ends]
+    (bars,) = figures.attack_bars(acc).to_dict()["data"]
+    assert bars["error_y"]["array"] == pytest.approx(list(acc["accuracy_high"] - acc["accuracy"]))
+    assert bars["error_y"]["arrayminus"] == pytest.approx(list(acc["accuracy"] - acc["accuracy_low"]))
+    assert "error_y" not in figures.attack_bars(acc.drop(columns=["accuracy_low"])).to_dict()["data"][0]

@@ -117,3 +117,47 @@ def test_seen_unseen_retention(root):
     assert len(su) == views.final_rows(res.evals)[load.KEY].drop_duplicates().shape[0]
     ratio = su["union_unseen"] / su["worst_seen"]
     assert np.allclose(su["retained"].dropna(), ratio[su["worst_seen"] > 0])
+
+
+def _row(frame, key, attack):
+    rows = frame[(frame["experiment"] == key[0]) & (frame["trial_id"] == key[1]) & (frame["attack"] == attack)]
+    return rows.iloc[0]
+
+
+def test_objectives_carry_the_interval_of_the_row_they_come_from(root):
+    res = load.load_results(root)
+    trials = res.trials.set_index(load.KEY)
+    proxy = views.objectives(res.trials, res.evals, views.PROXY).set_index(load.KEY)
+    done = trials.index[trials["status"] == Status.COMPLETED]
+    for name, stored in (("clean", "clean_acc"), ("robust", "robust_acc")):
+        for end in ("low", "high"):
+            assert np.array_equal(proxy.loc[done, f"{name}_{end}"], trials.loc[done, f"{stored}_{end}"])
+    assert ((proxy.loc[done, "robust_low"] < proxy.loc[done, "robust"])
+            & (proxy.loc[done, "robust"] < proxy.loc[done, "robust_high"])).all()
+    # a running trial: its last epoch's rows, each accuracy with its own interval
+    running = trials.index[trials["status"] == Status.RUNNING][0]
+    ev = res.evals[(res.evals["trial_id"] == running[1]) & (res.evals["stage"] == "trial")]
+    last = ev[ev["epoch"] == ev["epoch"].max()]
+    seen = _row(last, running, "pgd20_linf")
+    assert (proxy.loc[running, "robust_low"], proxy.loc[running, "robust_high"]) == (seen["accuracy_low"],
+                                                                                       seen["accuracy_high"])
+    failed = trials.index[trials["status"] == Status.FAILED]
+    assert proxy.loc[failed, views.CLEAN + views.ROBUST].isna().all().all()
+
+    fin = views.final_rows(res.evals)
+    worst = views.objectives(res.trials, res.evals, views.WORST_SEEN).dropna(subset=["robust"])
+    assert len(worst)
+    for rec in worst.itertuples():
+        key = (rec.experiment, rec.trial_id)
+        ends = ["accuracy_low", "accuracy_high"]
+        assert (rec.robust_low, rec.robust_high) == tuple(_row(fin, key, "worst_seen")[ends])
+        assert (rec.clean_low, rec.clean_high) == tuple(_row(fin, key, "clean")[ends])
+    # without the stored aggregate: the worst unseen attack, with that attack's interval
+    ev = res.evals[res.evals["attack"] != "union_unseen"]
+    union = views.objectives(res.trials, ev, views.UNION_UNSEEN).dropna(subset=["robust"])
+    for rec in union.itertuples():
+        rows = views.final_rows(ev)
+        rows = rows[(rows["trial_id"] == rec.trial_id) & (rows["threat"] == "unseen") & (rows["norm"] != "mixed")]
+        assert rec.robust_low == rows.loc[rows["accuracy"].idxmin(), "accuracy_low"]
+    su = views.seen_unseen(res.trials, res.evals)
+    assert (su["worst_seen_low"] <= su["worst_seen"]).all() and (su["union_unseen"] <= su["union_unseen_high"]).all()

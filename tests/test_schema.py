@@ -11,7 +11,7 @@ from raysearch.schema import Stage, Status, Threat
 def _eval(**changes):
     fields = dict(experiment="e", trial_id="t", method="pgd_at", dataset="digits", stage=Stage.FINAL,
                   epoch=schema.FINAL_EPOCH, attack="pgd_ce", family="pgd", threat=Threat.SEEN, norm="linf",
-                  eps=0.2, accuracy=0.5, n=100, eot_samples=1, seconds=1.5)
+                  eps=0.2, accuracy=0.5, n=100, eot_samples=1, scoring_calls=1, seconds=1.5)
     return schema.eval_row(**{**fields, **changes})
 
 
@@ -24,6 +24,30 @@ def test_every_column_has_a_known_kind_a_doc_and_accuracies_are_fractions():
     assert schema.EVAL_COLUMNS["accuracy"].unit == schema.FRACTION
 
 
+def test_every_accuracy_names_its_n_and_has_derived_interval_columns():
+    for kind, columns in (("trials", schema.TRIAL_COLUMNS), ("evals", schema.EVAL_COLUMNS)):
+        measured = [name for name, c in columns.items() if c.unit == schema.FRACTION and not c.derived]
+        assert measured and all(columns[name].n for name in measured), kind  # no accuracy without its n
+        for interval in schema.intervals(kind):
+            assert columns[interval.n].kind == "int" and not columns[interval.n].derived
+            assert (interval.low, interval.high) == schema.interval_names(interval.accuracy)
+            for end in (interval.low, interval.high):
+                assert columns[end].derived and columns[end].kind == "float" and columns[end].unit == schema.FRACTION
+        assert {i.accuracy for i in schema.intervals(kind)} == set(measured)
+        assert {n for n, c in columns.items() if c.derived} == {
+            end for i in schema.intervals(kind) for end in (i.low, i.high)}
+    assert schema.intervals("evals") == [schema.Interval("accuracy", "n", "accuracy_low", "accuracy_high")]
+    pairs = {i.accuracy: i.n for i in schema.intervals("trials")}
+    assert pairs == {"clean_acc": "eval_n", "robust_acc": "eval_n", "final_clean_acc": "final_n",
+                     "final_worst_seen": "final_n", "final_union_unseen": "final_n"}
+
+
+def test_a_row_read_back_with_its_interval_columns_fits_the_schema():
+    row = {**_eval(), "accuracy_low": 0.4, "accuracy_high": 0.6}  # as store.read_rows returns it
+    schema.check_row(row, "evals")
+    assert "accuracy_low" not in _eval()  # the constructor leaves the derived columns to the store
+
+
 def test_a_new_trial_row_has_every_column_and_its_hyperparameters():
     row = schema.trial_row(experiment="e", trial_id="t", method="trades", dataset="digits", arch="auto",
                            eps_eval=0.2, num_workers=1, started_at=1.0,
@@ -32,6 +56,7 @@ def test_a_new_trial_row_has_every_column_and_its_hyperparameters():
     assert row["status"] == Status.RUNNING == "running" and row["epochs"] == 0 and row["stopped_early"] is False
     assert row["hp_beta"] == 6.0 and row["hp_attack_steps"] == 10 and "hp_skip" not in row
     assert math.isnan(row["clean_acc"]) and row["error"] is None
+    assert row["eval_n"] is None and row["final_n"] is None and math.isnan(row["clean_acc_low"])
 
 
 def test_an_undeclared_column_or_an_accuracy_outside_0_1_is_refused(tmp_path):

@@ -12,6 +12,7 @@ from raysearch import store
 from raysearch.config import ExperimentConfig
 from raysearch.schema import Status
 from raysearch.search.recorder import StoreCallback
+from raysearch.stats import wilson
 
 EXP = ExperimentConfig(method="pgd_at", name="e", eval_steps=5, eps_eval=0.2, max_epochs=3, num_samples=2,
                        workers_per_trial=2, sets=(("attack_steps", 2),))
@@ -56,6 +57,22 @@ def test_an_epoch_updates_the_row_and_adds_its_two_proxy_rows(started, capsys):
     assert (pgd["family"], pgd["threat"], pgd["norm"], pgd["eps"], pgd["accuracy"]) == (
         "pgd", "seen", "linf", 0.2, 0.25)
     assert "trial t1 epoch 1/3: clean 0.500  robust 0.250" in capsys.readouterr().out
+
+
+def test_the_proxy_accuracies_are_stored_with_their_n_and_interval(started):
+    """trials.parquet keeps the validation images behind clean_acc/robust_acc (eval_n), so the
+    store derives their 95% intervals, as it does for the proxy's evals rows."""
+    callback, trial, exp_dir = started
+    callback.on_trial_result(1, [trial], trial, EPOCH)
+    (row,) = store.read_rows(exp_dir / store.TRIALS)
+    assert row["eval_n"] == 60 and (row["robust_acc_low"], row["robust_acc_high"]) == wilson(15, 60)
+    evals = {r["attack"]: r for r in store.read_rows(exp_dir / store.EVALS)}
+    clean = evals["clean"]
+    assert (clean["accuracy_low"], clean["accuracy_high"]) == (row["clean_acc_low"], row["clean_acc_high"])
+    final = {"final": True, "status": Status.COMPLETED, "epoch": 1, "clean_acc": 0.5, "robust_acc": 0.25, "wall_s": 3.0}
+    callback.on_trial_result(2, [trial], trial, final)  # a final report without eval_n keeps the epoch's
+    (row,) = store.read_rows(exp_dir / store.TRIALS)
+    assert row["eval_n"] == 60 and row["clean_acc_low"] == wilson(30, 60)[0]
 
 
 def test_a_trial_stopped_by_the_scheduler_is_completed_with_its_last_epoch(started, capsys):

@@ -20,6 +20,13 @@ from raysearch.schema import Stage, Status, Threat
 from raysearch.search.searcher import INTERRUPTED
 
 
+def _eval_n(result: dict, row: dict) -> int | None:
+    """The validation images the result's proxy accuracies were measured on (the row's earlier
+    count where the result has none)."""
+    n = result.get("eval_n")
+    return row.get("eval_n") if n is None else int(n)
+
+
 class StoreCallback(ray.tune.Callback):
     """Writes trials.parquet / evals.parquet as results arrive (atomically) and prints progress.
     Rows are keyed (trial, stage, epoch, attack), so epochs re-reported after a resume replace
@@ -69,8 +76,8 @@ class StoreCallback(ray.tune.Callback):
             self._finish(row, result)
         elif "epoch" in result:
             row.update(epochs=int(result["epoch"]), clean_acc=result["clean_acc"], robust_acc=result["robust_acc"],
-                       nodes=result.get("nodes"), checkpoint=self._checkpoint(result) or row.get("checkpoint"),
-                       node_ids=result.get("node_ids"),
+                       eval_n=_eval_n(result, row), nodes=result.get("nodes"),
+                       checkpoint=self._checkpoint(result) or row.get("checkpoint"), node_ids=result.get("node_ids"),
                        # the latest epoch a restarted worker group resumed from (0: never restarted)
                        resumed_from=max(row.get("resumed_from") or 0, int(result.get("resumed_from") or 0)))
             if "train_started_at" in result and not result.get("resumed_from"):
@@ -84,7 +91,8 @@ class StoreCallback(ray.tune.Callback):
         exp, epoch = self.exp, int(result["epoch"])
         common = dict(experiment=exp.name, trial_id=trial_id, method=exp.method, dataset=exp.dataset,
                       stage=Stage.TRIAL, epoch=epoch, n=int(result.get("eval_n", 0)),
-                      eot_samples=int(result.get("eval_eot", 1)), seconds=float(result.get("eval_s", math.nan)))
+                      eot_samples=int(result.get("eval_eot", 1)),
+                      scoring_calls=int(result.get("eval_calls", 1)), seconds=float(result.get("eval_s", math.nan)))
         self.evals[(trial_id, Stage.TRIAL, epoch, "clean")] = schema.eval_row(
             **common, attack="clean", family="clean", threat=Threat.CLEAN, norm="none", eps=math.nan,
             accuracy=result["clean_acc"])
@@ -131,6 +139,7 @@ class StoreCallback(ray.tune.Callback):
                    wall_s=result.get("wall_s"), checkpoint=self._checkpoint(result) or row.get("checkpoint"))
         if result["status"] == Status.COMPLETED:
             row.update(clean_acc=result["clean_acc"], robust_acc=result["robust_acc"], epochs=int(result["epoch"]),
+                       eval_n=_eval_n(result, row),
                        nodes=result.get("nodes") or row.get("nodes"), node_ids=result.get("node_ids") or row.get("node_ids"))
         row["device_s"] = (row.get("wall_s") or 0.0) * self._devices()
         what = (f"clean {row['clean_acc']:.3f}  robust {row['robust_acc']:.3f}" if result["status"] == Status.COMPLETED
