@@ -163,6 +163,7 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
             "robust_acc": robust / max(n, 1),
             "eval_n": int(n),
             "eval_eot": pred.draws(exp.eval_eot),
+            "eval_calls": pred.calls(exp.eval_eot),  # calls each validation image is scored on
             "train_s": train_s,
             "eval_s": time.time() - t1,
             "nodes": nodes,
@@ -181,7 +182,8 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
             checkpoint = None
             # a diverged epoch is checkpointed too, marked, so that the run's result (which Ray
             # Train takes from the last checkpoint) carries the reason, and a rerun stops at once
-            history.append({k: metrics[k] for k in ("epoch", "clean_acc", "robust_acc", "eval_n", "eval_s", "eval_eot")})
+            history.append({k: metrics[k] for k in ("epoch", "clean_acc", "robust_acc", "eval_n", "eval_s", "eval_eot",
+                                                   "eval_calls")})
             if rank == 0:
                 trial_io.save(tmp, nets=raw, opts=opts, scheds=scheds, epoch=epoch, method=method,
                               dataset=spec.name, cfg=cfg,

@@ -17,7 +17,13 @@ def test_cli_bad_input(experiment, tmp_path, capsys):
                          (["--experiment", str(experiment), "--attacks", "nope"], "unknown attack"),
                          (["--experiment", str(experiment), "--trials", "nope"], "unknown trial"),
                          (["--experiment", str(experiment), "--subset", "x"], "invalid int"),
-                         (["--experiment", str(experiment), "--eot", "0"], "eot must be")]:
+                         (["--experiment", str(experiment), "--eot", "0"], "eot must be"),
+                         (["--experiment", str(experiment), "--final-candidates", "best"],
+                          "--final-candidates must be front, band, all or a whole number K >= 1, got 'best'"),
+                         (["--experiment", str(experiment), "--final-candidates", "0"], "--final-candidates must be"),
+                         (["--experiment", str(experiment), "--final-candidates", "2.5"], "--final-candidates must be"),
+                         (["--experiment", str(experiment), "--trials", "t1", "--only-trials", "--final-candidates",
+                           "front"], "drop --final-candidates")]:
         with pytest.raises(SystemExit) as exc:
             sys.exit(main(args))
         err = capsys.readouterr().err
@@ -53,3 +59,13 @@ def test_cli_eps_list(experiment, capsys):
     assert "0.2   " in out.split("robustness curve")[1] and "(eps_eval)" in out
     curve = {r["attack"]: r["eps"] for r in store.read_rows(experiment / store.EVALS) if "@" in r["attack"]}
     assert curve == {"fgsm@0.1": 0.1, "worst_seen@0.1": 0.1, "fgsm@0.3": 0.3, "worst_seen@0.3": 0.3}
+
+
+def test_cli_final_candidates(experiment, capsys):
+    """--final-candidates K: the K best trials by non-dominated sorting, said on stderr."""
+    code = main(["--experiment", str(experiment), "--final-candidates", "1", "--subset", "40", "--attacks", "fgsm",
+                 "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "1 candidate(s): the 1 best by non-dominated sorting of the proxy accuracies" in captured.err
+    assert "\n1 trial(s), 40 test images" in captured.out

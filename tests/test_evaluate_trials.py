@@ -1,13 +1,15 @@
-"""The experiment level of the final evaluation (raysearch.evaluate.trials): candidates,
-validation of a request, results written per trial, one failed trial keeping the others."""
+"""The experiment level of the final evaluation (raysearch.evaluate.trials): the candidates of
+each rule, validation of a request, results written per trial, one failed trial keeping the
+others, fronts over every trial evaluated so far."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from raysearch import store, trial_io
+from raysearch import schema, store, trial_io
 from raysearch.evaluate import checks, trials
+from raysearch.schema import Stage, Status, Threat
 from raysearch.evaluate.__main__ import main
 from tests.evaluate_support import PGD, QUICK
 
@@ -51,14 +53,96 @@ def test_evaluate_experiment_writes_results(experiment):
     assert "worst_seen" in summary["fronts"] and "t1" in summary["fronts"]["worst_seen"]
 
 
-def test_candidates_are_the_front():
-    rows = [{"trial_id": "a", "status": "completed", "checkpoint": "c", "clean_acc": 0.9, "robust_acc": 0.1},
-            {"trial_id": "b", "status": "completed", "checkpoint": "c", "clean_acc": 0.8, "robust_acc": 0.5},
-            {"trial_id": "c", "status": "completed", "checkpoint": "c", "clean_acc": 0.7, "robust_acc": 0.4},
-            {"trial_id": "d", "status": "failed", "checkpoint": "c", "clean_acc": 0.95, "robust_acc": 0.9},
-            {"trial_id": "e", "status": "completed", "checkpoint": None, "clean_acc": 0.99, "robust_acc": 0.9},
-            {"trial_id": "f", "status": "completed", "checkpoint": "c", "clean_acc": float("nan"), "robust_acc": 0.9}]
-    assert trials.candidates(rows) == ["a", "b"]
+# Proxy accuracies set by hand: t0 and t1 (the fixture's trained models) are the front; s_in is
+# inside the band (t0 beats it by 0.02 in both), s_edge on its edge (t1 beats it by exactly 0.03 in
+# both), s_out outside (t0 beats it by 0.05 in both). The synthetic trials share t1's checkpoint.
+PROXY = {"t0": (0.90, 0.50), "t1": (0.80, 0.61), "s_in": (0.88, 0.48), "s_edge": (0.77, 0.58),
+         "s_out": (0.85, 0.45)}
+
+
+def _with_synthetic_trials(experiment):
+    rows = store.read_rows(experiment / store.TRIALS)
+    checkpoint = next(r["checkpoint"] for r in rows if r["trial_id"] == "t1")
+    for tid in ("s_in", "s_edge", "s_out"):
+        row = schema.trial_row(experiment="exp", trial_id=tid, method="pgd_at", dataset="digits", arch="small_cnn",
+                               eps_eval=0.2, num_workers=1, started_at=0.0, config={"lr": 0.05})
+        row.update(status=Status.COMPLETED, error="", epochs=4, checkpoint=checkpoint)
+        rows.append(row)
+    for r in rows:
+        if r["trial_id"] in PROXY:
+            r["clean_acc"], r["robust_acc"] = PROXY[r["trial_id"]]
+    store.write_trials(experiment, rows)
+    return experiment
+
+
+def _planned(experiment, rule=None, front=True, trial_ids=()):
+    jobs, _, selection = trials.plan(experiment, list(trial_ids), None, None, ["fgsm"], 0, None, front, 500, "cpu",
+                                     None, (), rule)
+    return [job.trial_id for job in jobs], selection
+
+
+def test_candidates_of_each_rule(experiment):
+    _with_synthetic_trials(experiment)
+    assert _planned(experiment, "front")[0] == ["t0", "t1"]
+    ids, selection = _planned(experiment)  # nothing recorded: band
+    assert ids == ["t0", "t1", "s_in", "s_edge"] and selection.rule == "band" and selection.front == ("t0", "t1")
+    assert _planned(experiment, "all")[0] == ["t0", "t1", "s_in", "s_edge", "s_out"]
+    # ends of the front first (t1's 1.41 before t0's 1.40), then the next front
+    assert _planned(experiment, "3")[0] == ["t1", "t0", "s_in"]
+    assert _planned(experiment, "front", trial_ids=["s_out", "t0"])[0] == ["t0", "t1", "s_out"]
+    assert _planned(experiment, "band", front=False, trial_ids=["s_out"]) == (["s_out"], None)
+
+
+def test_the_recorded_rule_is_the_default(experiment):
+    _with_synthetic_trials(experiment)
+    store.write_json(experiment / store.EXPERIMENT, {"config": {"final_candidates": "front"}})
+    assert _planned(experiment)[0] == ["t0", "t1"]
+    assert _planned(experiment, "all")[0] == ["t0", "t1", "s_in", "s_edge", "s_out"]
+    store.write_json(experiment / store.EXPERIMENT, {"config": {"final_candidates": "best"}})
+    with pytest.raises(trials.EvalError, match="--final-candidates must be front, band, all or a whole number K"):
+        _planned(experiment)
+    with pytest.raises(trials.EvalError, match="--final-candidates"):
+        trials.evaluate_experiment(experiment, final_candidates="0")
+
+
+def test_the_band_is_evaluated_and_said_why(experiment):
+    _with_synthetic_trials(experiment)
+    messages = []
+    summary = trials.evaluate_experiment(experiment, subset=40, attacks=["fgsm"], device="cpu",
+                                         progress=messages.append)
+    assert list(summary["trials"]) == ["t0", "t1", "s_in", "s_edge"]
+    why = ("4 candidate(s): front 2, band 2 (trials within 0.03 of the proxy front in both clean and robust "
+           "accuracy)")
+    assert summary["candidates"] == why and messages[0] == why
+    final = {r["trial_id"] for r in store.read_rows(experiment / store.EVALS) if r["stage"] == "final"}
+    assert final == {"t0", "t1", "s_in", "s_edge"}
+
+
+def test_fronts_cover_an_earlier_evaluation(experiment):
+    """Fronts under the final attacks are over every trial with final rows in evals.parquet: t0's
+    rows from an earlier evaluation (written by hand, better than anything in both) and t1's from
+    this one."""
+    earlier = [schema.eval_row(experiment="exp", trial_id="t0", method="standard", dataset="digits",
+                               stage=Stage.FINAL, epoch=schema.FINAL_EPOCH, attack=attack, family=attack,
+                               threat=threat, norm="linf", eps=0.2, accuracy=1.0, n=40, eot_samples=1, scoring_calls=1, seconds=1.0)
+               for attack, threat in (("clean", Threat.CLEAN), ("fgsm", Threat.SEEN), ("worst_seen", Threat.SEEN))]
+    store.write_evals(experiment, store.read_rows(experiment / store.EVALS) + earlier)
+    summary = trials.evaluate_experiment(experiment, trial_ids=["t1"], front=False, subset=40, attacks=["fgsm"],
+                                         device="cpu")
+    assert list(summary["trials"]) == ["t1"] and summary["candidates"] == ""
+    assert summary["fronts"]["fgsm"] == summary["fronts"]["worst_seen"] == ["t0"]
+    assert summary["hypervolume"]["fgsm"] == pytest.approx(1.0)
+    assert "  fgsm                       hv 1.000  t0 (1.000/1.000)" in summary["report"].splitlines()
+    rows = [r for r in store.read_rows(experiment / store.EVALS) if r["stage"] == "final"]
+    assert {r["trial_id"] for r in rows} == {"t0", "t1"}
+    assert [r["accuracy"] for r in rows if r["trial_id"] == "t0"] == [1.0, 1.0, 1.0]
+    # evaluating t0 again replaces its earlier rows: the fronts are then over both trials' new results
+    again = trials.evaluate_experiment(experiment, trial_ids=["t0"], front=False, subset=40, attacks=["fgsm"],
+                                       device="cpu")
+    both = trials.evaluate_experiment(experiment, trial_ids=["t0", "t1"], front=False, subset=40, attacks=["fgsm"],
+                                      device="cpu")
+    assert {k: set(v) for k, v in again["fronts"].items()} == {k: set(v) for k, v in both["fronts"].items()}
+    assert again["hypervolume"] == pytest.approx(both["hypervolume"])
 
 
 def test_bad_input(experiment, tmp_path):

@@ -28,20 +28,20 @@ def _row(**changes) -> dict:
 def _evals(final: bool = True, randomized: bool = False) -> list[dict]:
     common = dict(experiment="e", trial_id="t3", method="pgd_at", dataset="digits", n=N, seconds=0.1)
     rows = [schema.eval_row(**common, stage=Stage.TRIAL, epoch=e, attack=a, family="x", threat=Threat.SEEN,
-                            norm="linf", eps=0.2, accuracy=acc, eot_samples=1)
+                            norm="linf", eps=0.2, accuracy=acc, eot_samples=1, scoring_calls=1)
             for e, a, acc in [(1, "clean", 0.8), (1, "pgd20_linf", 0.4), (2, "clean", 0.9), (2, "pgd20_linf", 0.6)]]
     if final:
         eot = 8 if randomized else 1
         final_common = dict(common, stage=Stage.FINAL, epoch=schema.FINAL_EPOCH)
         rows += [schema.eval_row(**final_common, attack="clean", family="clean", threat=Threat.CLEAN, norm="none",
-                                 eps=0.0, accuracy=0.85, eot_samples=eot),
+                                 eps=0.0, accuracy=0.85, eot_samples=eot, scoring_calls=1),
                  schema.eval_row(**final_common, attack="apgd_ce", family="apgd", threat=Threat.SEEN, norm="linf",
-                                 eps=0.2, accuracy=0.5, eot_samples=eot),
+                                 eps=0.2, accuracy=0.5, eot_samples=eot, scoring_calls=1),
                  schema.eval_row(**final_common, attack="worst_seen", family="worst_seen", threat=Threat.SEEN,
-                                 norm="mixed", eps=math.nan, accuracy=0.45, eot_samples=eot)]
+                                 norm="mixed", eps=math.nan, accuracy=0.45, eot_samples=eot, scoring_calls=1)]
         if randomized:
             rows.append(schema.eval_row(**final_common, attack="clean_per_draw", family="clean", threat=Threat.CLEAN,
-                                        norm="none", eps=0.0, accuracy=0.8, eot_samples=1))
+                                        norm="none", eps=0.0, accuracy=0.8, eot_samples=1, scoring_calls=1))
     return rows
 
 
@@ -103,7 +103,7 @@ def test_a_randomized_trial_says_its_accuracy_is_over_random_draws(digits):
     card = _card(_row(final_clean_acc=0.85, final_worst_seen=0.45), _evals(randomized=True), randomized=True,
                  digits_spec=digits.spec)
     assert card["randomized"] and card["accuracy"]["clean_per_draw"]["value"] == 0.8
-    assert "averaged over 8 random draws" in card["final_evaluation"]["randomized_scoring"]
+    assert "gradients average 8 random draws" in card["final_evaluation"]["randomized_scoring"]
 
 
 @pytest.mark.parametrize("evals", [[], None])

@@ -104,7 +104,8 @@ def test_exported_atop_stays_random_and_its_mean_accuracy_is_in_the_interval(tmp
     result = export_trial(exp_dir, "a0", tmp_path / "atop.pt")
     card = result.card
     assert card["randomized"] and "two calls on the same images differ" in card["calling"]
-    assert "averaged over 4 random draws" in card["final_evaluation"]["randomized_scoring"]
+    assert "gradients average 4 random draws" in card["final_evaluation"]["randomized_scoring"]
+    assert "fraction of 20 fresh calls" in card["final_evaluation"]["randomized_scoring"]
     x, y = subset_of(card)
     logits = run_exported(result.model, x, tmp_path, calls=20)
     assert not torch.equal(logits[0], logits[1])

@@ -4,11 +4,16 @@ A randomized predictor is called ``eot`` times per step; the copies are stacked 
 (up to ``max_batch`` images per forward pass) so that the draws cost one large forward pass
 instead of many small ones. Losses are computed per draw and averaged, so their gradient is
 the EOT gradient of Athalye et al. (2018): the mean over draws of each draw's gradient.
-Predictions average the softmax probabilities over the draws.
+Predictions inside attacks average the softmax probabilities over the draws.
+
+Scoring (``score_calls``, ``fraction_correct``, ``ensemble_correct``): a randomized predictor
+is deployed as one call per input, so its accuracy on an image is the fraction of ``calls``
+fresh calls that answer correctly (a deterministic predictor: 1 call, 0 or 1). The vote of
+those calls (argmax of their averaged softmax) is an ensemble, reported apart as such.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch.nn import functional
@@ -59,6 +64,43 @@ def predict(model: Callable, x: torch.Tensor, eot: int = 1, batch_size: int = 51
     """Labels from probabilities averaged over ``eot`` draws."""
     out = [probs(draws(model, x[i:i + batch_size], eot)).argmax(1) for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
+
+
+class CallScores(NamedTuple):
+    """Per image, from the same fresh calls: the fraction of calls that answered correctly
+    (float32), and whether the ensemble vote of the calls is correct (bool)."""
+
+    fraction: torch.Tensor
+    ensemble: torch.Tensor
+
+
+@torch.no_grad()
+def score_calls(model: Callable, x: torch.Tensor, y: torch.Tensor, calls: int,
+                batch_size: int = 512) -> CallScores:
+    """Score ``calls`` fresh calls of ``model`` on each image (copies stacked into batches as in
+    ``draws``). For one call both scores are the call's correctness, computed as ``predict`` does."""
+    fraction, ensemble = [], []
+    for i in range(0, len(x), batch_size):
+        p = torch.softmax(draws(model, x[i:i + batch_size], calls).float(), -1)  # (calls, N, C)
+        yb = y[i:i + batch_size]
+        fraction.append((p.argmax(-1) == yb).float().mean(0))
+        ensemble.append(p.mean(0).argmax(1) == yb)
+    if not fraction:
+        return CallScores(torch.zeros(0, device=x.device), torch.zeros(0, dtype=torch.bool, device=x.device))
+    return CallScores(torch.cat(fraction), torch.cat(ensemble))
+
+
+def fraction_correct(model: Callable, x: torch.Tensor, y: torch.Tensor, calls: int,
+                     batch_size: int = 512) -> torch.Tensor:
+    """Per image, the fraction of ``calls`` fresh calls that answer ``y`` (float32 in [0, 1])."""
+    return score_calls(model, x, y, calls, batch_size).fraction
+
+
+def ensemble_correct(model: Callable, x: torch.Tensor, y: torch.Tensor, calls: int,
+                     batch_size: int = 512) -> torch.Tensor:
+    """Per image, whether the vote of ``calls`` fresh calls (argmax of their averaged softmax)
+    is ``y`` (bool): an ensemble of calls, not the deployed predictor."""
+    return score_calls(model, x, y, calls, batch_size).ensemble
 
 
 # Per-example losses on logits of shape (..., N, C); each returns (..., N). The attack maximizes.

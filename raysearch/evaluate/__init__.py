@@ -1,5 +1,6 @@
 """Evaluation of trained predictors: the cheap per-epoch proxy that steers the search, and the
-final evaluation, the full attack suite on the Pareto candidates of a finished search.
+final evaluation, the full attack suite on the candidates of a finished search (the proxy front
+and the trials near it, ``candidates``).
 
 Final evaluation: for each candidate trial the trained predictor is rebuilt from its last
 checkpoint and attacked on a fixed subset of the *test* split (fixed seed), with every attack
@@ -8,18 +9,19 @@ restarts, APGD-CE/-DLR/-T, Square, transfer from the bare classifier) and unseen
 PGD/APGD, StAdv, ReColor, JPEG, common corruptions, and the attacks the defense itself offers).
 
 Honesty rules:
-* Randomized predictors are attacked with EOT (gradients and scores averaged over ``eot``
-  draws, 20 by default) and scored on softmax probabilities averaged over ``eot`` draws
-  (clean and adversarial alike). A predictor that averages k draws per call (atop's n_masks)
-  is called ceil(eot / k) times. The mean single-call clean accuracy is reported beside it.
+* Randomized predictors are attacked with EOT (gradients averaged over ``eot`` draws, 20 by
+  default; a predictor that averages k draws per call, atop's n_masks, is called ceil(eot / k)
+  times per gradient) and scored per call, as deployed: each image scores the fraction of
+  max(20, ceil(eot / k)) fresh calls that answer correctly, the set the mean. The vote of those
+  calls is reported apart as ``clean_ensemble`` and ``worst_seen_ensemble``, never as an axis.
 * Predictors with a BPDA pipeline are attacked through the real backward pass *and* through
   BPDA with every white-box attack (only the seen ones if the predictor is also randomized);
   each is a row, and every aggregate takes the worst case over them. Randomized predictors
   get the attack settings of AutoAttack's rand version (see ``raysearch.attacks``).
-* An image counts as robust to an attack only if it is classified correctly both clean and
-  attacked. Per family the number is the per-image worst case over the family's attacks and
-  variants; over seen attacks the per-image worst case ("worst_seen"), over unseen attacks the
-  union ("union_unseen": robust only if it survives every unseen attack).
+* An image's value under an attack is min(clean score, attacked score). Per family the number
+  is the mean of the per-image minimum over the family's attacks and variants; over seen
+  attacks "worst_seen", over unseen attacks "union_unseen" (robust only if it survives every
+  unseen attack). Fronts per attack are drawn over every trial with final rows (``fronts``).
 * Gradient-masking checks, stored with the results: a gradient-free or transfer attack beating
   every white-box attack, FGSM beating PGD, BPDA beating the real backward pass, CE-loss
   attacks far weaker than margin/DLR ones (saturated CE, the Feature Scattering hazard),
@@ -50,8 +52,11 @@ Modules (this package imports none of them, so a worker importing ``proxy`` load
 * ``aggregates`` — per-family worst cases, worst_seen, union_unseen, mean corruption accuracy,
   worst_seen per radius of the curve;
 * ``checks`` — range and budget checks, the randomness check, the masking flags;
-* ``report`` — evals.parquet rows, printed tables, fronts recomputed per attack;
-* ``trials`` — the experiment level: candidates, one job per trial, writing the results;
+* ``report`` — evals.parquet rows and printed tables;
+* ``candidates`` — which trials the suite attacks: front, band (default), all or K;
+* ``fronts`` — the fronts under the final attacks over every trial with stored final rows;
+* ``results`` — what evaluating one predictor produces (``AttackResult``, ``PredictorReport``);
+* ``trials`` — the experiment level: one job per trial, writing the results;
 * ``__main__`` — the CLI: ``python -m raysearch.evaluate --experiment <storage>/<name>
   [--trials ID ...] [--subset N] [--eot N] [--attacks NAME|GROUP ...] [--eps-list EPS ...]``.
 """

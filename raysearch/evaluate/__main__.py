@@ -1,7 +1,9 @@
 """The final evaluation's CLI: ``python -m raysearch.evaluate --experiment <storage>/<name>
-[--trials ID ...] [--only-trials] [--subset N] [--eot N] [--attacks NAME|GROUP ...]
-[--eps-list EPS ...]``. ``--eps-list`` adds a robustness curve: the seen attacks again at each
-L∞ radius, each radius one more run of the seen suite.
+[--final-candidates front|band|all|K] [--trials ID ...] [--only-trials] [--subset N] [--eot N]
+[--attacks NAME|GROUP ...] [--eps-list EPS ...]``. ``--final-candidates`` picks the trials
+(default: the rule the search recorded, else band: the proxy front and the trials near it).
+``--eps-list`` adds a robustness curve: the seen attacks again at each L∞ radius, each radius
+one more run of the seen suite.
 
 Exit codes: 0 all trials evaluated, 1 some trial's evaluation failed (the others' results are
 written), 2 bad input."""
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch
 
 from raysearch import store
+from raysearch.evaluate import candidates
 from raysearch.evaluate.suite import GROUPS, EvalError, check_radii
 from raysearch.evaluate.trials import evaluate_experiment
 
@@ -26,10 +29,14 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="python -m raysearch.evaluate",
-                description="Full attack suite on the Pareto candidates of a finished search.")
+                description="Full attack suite on the candidates of a finished search.")
     p.add_argument("--experiment", required=True, help="<storage>/<name> of a finished search")
+    p.add_argument("--final-candidates", default=None, metavar="front|band|all|K",
+                   help="trials to evaluate: front (the proxy front), band (the front and every trial within "
+                        f"{candidates.BAND_WIDTH:g} of it in both clean and robust accuracy), all, or K (the K "
+                        "best by non-dominated sorting); default: the search's recorded value, else band")
     p.add_argument("--trials", nargs="*", default=[], help="extra trial ids to evaluate")
-    p.add_argument("--only-trials", action="store_true", help="skip the front; evaluate only --trials")
+    p.add_argument("--only-trials", action="store_true", help="skip the candidates; evaluate only --trials")
     p.add_argument("--subset", type=int, default=None, help="test images (default: the experiment's final_eval_size, else 1000)")
     p.add_argument("--eot", type=int, default=None, help="EOT draws for randomized predictors (default 20)")
     p.add_argument("--attacks", nargs="*", default=None,
@@ -49,6 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.only_trials and not args.trials:
         print("error: --only-trials needs --trials", file=sys.stderr)
         return 2
+    if args.only_trials and args.final_candidates is not None:
+        print("error: --only-trials evaluates only --trials; drop --final-candidates", file=sys.stderr)
+        return 2
+    if args.final_candidates is not None:
+        try:
+            args.final_candidates = candidates.parse_rule(args.final_candidates)
+        except candidates.CandidatesError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.batch_size < 1:
         print("error: --batch-size must be >= 1", file=sys.stderr)
         return 2
@@ -63,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = evaluate_experiment(args.experiment, args.trials, args.subset, args.eot, args.attacks,
                                       args.device, progress=lambda m: print(m, file=sys.stderr, flush=True),
                                       seed=args.seed, data_dir=args.data_dir, front=not args.only_trials,
-                                      batch_size=args.batch_size, threads=args.threads, eps_list=eps_list)
+                                      batch_size=args.batch_size, threads=args.threads, eps_list=eps_list,
+                                      final_candidates=args.final_candidates)
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

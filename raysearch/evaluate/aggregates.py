@@ -1,9 +1,12 @@
-"""Per-image aggregates of one predictor's attack results: an image counts as robust only if
-it is classified correctly clean and under every attack aggregated. Per family the worst case
-over its attacks and variants; over seen attacks the worst case ("worst_seen"); over unseen
-attacks the union ("union_unseen", and without the corruptions "union_unseen_adversarial");
-the mean accuracy over corruptions. Check attacks count in none of them. On the robustness
-curve, per radius the worst case over the seen attacks run at that radius."""
+"""Per-image aggregates of one predictor's attack results. An image's value under a set of
+attacks is its worst per-call score: the minimum of its clean score and its score under each
+attack (for a deterministic predictor: robust only if correct clean and under every attack).
+Per family the worst case over its attacks and variants; over seen attacks the worst case
+("worst_seen"); over unseen attacks the union ("union_unseen", and without the corruptions
+"union_unseen_adversarial"); the mean accuracy over corruptions. Check attacks count in none
+of them. On the robustness curve, per radius the worst case over the seen attacks run at that
+radius. For a randomized predictor the ensemble vote's clean accuracy and its per-image worst
+case over the seen attacks are kept apart ("clean_ensemble", "worst_seen_ensemble")."""
 from __future__ import annotations
 
 
@@ -14,39 +17,56 @@ from raysearch.schema import Threat
 from raysearch.evaluate.results import AttackResult, PredictorReport
 
 
-def robust_to_all(results: list[AttackResult], clean: torch.Tensor) -> torch.Tensor:
-    """Per image: correct clean and robust to every attack of ``results``."""
-    robust = clean.clone()
+def worst_per_image(results: list[AttackResult], clean: torch.Tensor) -> torch.Tensor:
+    """Per image, the minimum of the clean score and the score under every attack of
+    ``results`` (float; for 0/1 scores: correct clean and robust to all of them)."""
+    worst = clean.float().clone()
     for r in results:
-        robust &= r.robust
-    return robust
+        worst = torch.minimum(worst, r.robust.float())
+    return worst
+
+
+def _mean_worst(results: list[AttackResult], clean: torch.Tensor) -> float:
+    return float(worst_per_image(results, clean).mean())
 
 
 def aggregate(rep: PredictorReport) -> None:
-    """Fill ``rep.aggregates``: name -> (family, threat, accuracy)."""
+    """Fill ``rep.aggregates`` (name -> (family, threat, accuracy)) and, for a randomized
+    predictor, ``rep.ensemble``."""
     counted = [r for r in rep.results if r.threat in (Threat.SEEN, Threat.UNSEEN)]
     for fam in dict.fromkeys(r.family for r in counted):
         members = [r for r in counted if r.family == fam]
-        rep.aggregates[f"worst_{fam}"] = (fam, members[0].threat,
-                                          float(robust_to_all(members, rep.clean).float().mean()))
+        rep.aggregates[f"worst_{fam}"] = (fam, members[0].threat, _mean_worst(members, rep.clean))
     seen = [r for r in counted if r.threat == Threat.SEEN]
     unseen = [r for r in counted if r.threat == Threat.UNSEEN]
     if seen:
-        rep.aggregates["worst_seen"] = ("worst_seen", Threat.SEEN, float(robust_to_all(seen, rep.clean).float().mean()))
+        rep.aggregates["worst_seen"] = ("worst_seen", Threat.SEEN, _mean_worst(seen, rep.clean))
     if unseen:
-        rep.aggregates["union_unseen"] = ("union_unseen", Threat.UNSEEN,
-                                          float(robust_to_all(unseen, rep.clean).float().mean()))
+        rep.aggregates["union_unseen"] = ("union_unseen", Threat.UNSEEN, _mean_worst(unseen, rep.clean))
         adv = [r for r in unseen if r.family != "corruption"]
         if adv:
-            rep.aggregates["union_unseen_adversarial"] = ("union_unseen", Threat.UNSEEN,
-                                                         float(robust_to_all(adv, rep.clean).float().mean()))
+            rep.aggregates["union_unseen_adversarial"] = ("union_unseen", Threat.UNSEEN, _mean_worst(adv, rep.clean))
         corr = [r.accuracy for r in unseen if r.family == "corruption"]
         if corr:
             rep.aggregates["mean_corruption"] = ("corruption", Threat.UNSEEN, float(np.mean(corr)))
+    aggregate_ensemble(rep, seen)
+
+
+def aggregate_ensemble(rep: PredictorReport, seen: list[AttackResult]) -> None:
+    """A randomized predictor's ensemble values: the vote's clean accuracy and, per image, its
+    worst case over the ``seen`` attacks (correct clean and under each of them)."""
+    if not rep.randomized or rep.clean_ensemble is None:
+        return
+    rep.ensemble["clean_ensemble"] = float(rep.clean_ensemble.float().mean())
+    if seen and all(r.ensemble is not None for r in seen):
+        worst = rep.clean_ensemble.clone()
+        for r in seen:
+            worst &= r.ensemble
+        rep.ensemble["worst_seen_ensemble"] = float(worst.float().mean())
 
 
 def aggregate_curve(rep: PredictorReport) -> None:
     """Fill ``rep.curve``: radius -> per-image worst case over the seen attacks run there."""
     for radius, results in sorted(rep.curve_results.items()):
         if results:
-            rep.curve[radius] = float(robust_to_all(results, rep.clean).float().mean())
+            rep.curve[radius] = _mean_worst(results, rep.clean)

@@ -5,15 +5,19 @@ clean-vs-accuracy fronts recomputed per attack over the trials.
 Robustness-curve rows are stage "final" like the rest, named ``<attack>@<radius>`` (see
 ``raysearch.schema.curve_attack``; ``worst_seen@0.1`` the worst case over seen attacks at 0.1)
 with the radius in ``eps``: a plain name (``worst_seen``, ``pgd_ce``) is always the ε_eval
-result, as it was before curves existed, and (trial, stage, epoch, attack) stays a unique key."""
+result, as it was before curves existed, and (trial, stage, epoch, attack) stays a unique key.
+
+Every accuracy is per call (see ``raysearch.evaluate.results``). A randomized predictor also
+gets ``clean_per_draw`` (kept for readers of earlier files: now equal to ``clean``, the mean
+per-call accuracy) and, as labelled extras that no front is drawn on, ``clean_ensemble`` and
+``worst_seen_ensemble``: the vote of its scoring calls, an ensemble nobody deploys."""
 from __future__ import annotations
 
 import math
 from typing import Any, Mapping
 
-import numpy as np
 
-from raysearch import pareto, schema
+from raysearch import schema
 from raysearch.schema import Stage, Threat, curve_attack
 from raysearch.evaluate.results import PredictorReport
 
@@ -22,19 +26,28 @@ def report_rows(rep: PredictorReport, base: Mapping[str, Any]) -> list[dict[str,
     """Rows for evals.parquet (``base`` holds experiment, trial_id, method, dataset)."""
 
     def row(attack: str, family: str, threat: str, norm: str, eps: float, accuracy: float, eot_samples: int,
-            seconds: float) -> dict[str, Any]:
+            seconds: float, scoring_calls: int | None = None) -> dict[str, Any]:
+        # an ensemble value is one vote over the scoring calls: it is scored as one call
+        calls = rep.scoring_calls if scoring_calls is None else scoring_calls
         return schema.eval_row(**base, stage=Stage.FINAL, epoch=schema.FINAL_EPOCH, attack=attack, family=family,
                                threat=threat, norm=norm, eps=eps, accuracy=accuracy, n=rep.n,
-                               eot_samples=eot_samples, seconds=seconds)
+                               eot_samples=eot_samples, scoring_calls=calls, seconds=seconds)
 
     rows = [row("clean", "clean", Threat.CLEAN, "none", 0.0, rep.clean_acc, rep.eot, 0.0)]
     if rep.randomized:
-        rows.append(row("clean_per_draw", "clean", Threat.CLEAN, "none", 0.0, rep.clean_per_draw,
+        rows.append(row("clean_per_draw", "clean", Threat.CLEAN, "none", 0.0, rep.clean_acc,
                         rep.draws_per_call, 0.0))
+        if "clean_ensemble" in rep.ensemble:
+            rows.append(row("clean_ensemble", "clean", Threat.CLEAN, "none", 0.0, rep.ensemble["clean_ensemble"],
+                            rep.eot, 0.0, scoring_calls=1))
     for r in rep.results:
-        rows.append(row(r.attack, r.family, r.threat, r.norm, r.eps, r.accuracy, r.eot_samples, r.seconds))
+        rows.append(row(r.attack, r.family, r.threat, r.norm, r.eps, r.accuracy, r.eot_samples, r.seconds,
+                        r.scoring_calls))
     for name, (fam, threat, acc) in rep.aggregates.items():
         rows.append(row(name, fam, threat, "mixed", math.nan, acc, rep.eot, 0.0))
+    if "worst_seen_ensemble" in rep.ensemble:
+        rows.append(row("worst_seen_ensemble", "worst_seen", Threat.SEEN, "mixed", math.nan,
+                        rep.ensemble["worst_seen_ensemble"], rep.eot, 0.0, scoring_calls=1))
     for radius, results in rep.curve_results.items():
         for r in results:
             rows.append(row(curve_attack(r.attack, radius), r.family, r.threat, r.norm, r.eps, r.accuracy,
@@ -50,12 +63,16 @@ def format_table(trial_id: str, method: str, rep: PredictorReport) -> str:
              f"{'randomized, EOT ' + str(rep.eot) if rep.randomized else 'deterministic'}",
              f"  {'attack':26s} {'threat':7s} {'eps':>8s} {'acc':>7s} {'sec':>7s}",
              f"  {'clean':26s} {'clean':7s} {'':>8s} {rep.clean_acc:7.3f} {'':>7s}"]
-    if rep.randomized:
-        lines.append(f"  {'clean (single draw)':26s} {'clean':7s} {'':>8s} {rep.clean_per_draw:7.3f}")
     for r in rep.results:
         lines.append(f"  {r.attack:26s} {r.threat:7s} {r.eps:8.4g} {r.accuracy:7.3f} {r.seconds:7.1f}")
     for name, (_, threat, acc) in rep.aggregates.items():
         lines.append(f"  {name:26s} {threat:7s} {'':>8s} {acc:7.3f}")
+    if rep.ensemble:
+        lines.append(f"  accuracies above are per call, over {rep.scoring_calls} fresh calls per image; "
+                     "the vote of those calls (an ensemble, not the deployed predictor):")
+        for name, acc in rep.ensemble.items():
+            threat = Threat.CLEAN if name == "clean_ensemble" else Threat.SEEN
+            lines.append(f"  {name:26s} {threat:7s} {'':>8s} {acc:7.3f}")
     lines.append(f"  masking flags: {', '.join(rep.flags) if rep.flags else 'none'}")
     if rep.curve:
         lines.append("  robustness curve (worst case over seen attacks):")
@@ -63,29 +80,4 @@ def format_table(trial_id: str, method: str, rep: PredictorReport) -> str:
         for radius, acc in rep.robustness_curve().items():
             at_eval = "  (eps_eval)" if radius not in rep.curve else ""
             lines.append(f"    {radius:8.4g} {acc:7.3f}{at_eval}")
-    return "\n".join(lines)
-
-
-def fronts(reports: dict[str, PredictorReport]) -> tuple[dict[str, list[str]], dict[str, float]]:
-    """For every attack and aggregate (then worst_seen at each radius of the robustness curve):
-    the trials on the (clean, accuracy) front and its hypervolume above (0, 0)."""
-    names = list(dict.fromkeys([n for rep in reports.values()
-                                for n in [r.attack for r in rep.results] + list(rep.aggregates)]
-                               + [curve_attack("worst_seen", radius) for rep in reports.values()
-                                  for radius in sorted(rep.curve)]))
-    ids = list(reports)
-    on_front, hv = {}, {}
-    for name in names:
-        pts = np.array([[reports[t].clean_acc, reports[t].accuracy(name)] for t in ids], dtype=float)
-        mask = pareto.pareto_mask(pts)
-        on_front[name] = [t for t, m in zip(ids, mask) if m]
-        hv[name] = pareto.hypervolume_2d(pts[mask]) if mask.any() else 0.0
-    return on_front, hv
-
-
-def format_fronts(on_front: dict[str, list[str]], hv: dict[str, float], reports: dict[str, PredictorReport]) -> str:
-    lines = ["front (clean vs accuracy under each attack), recomputed on the test subset:"]
-    for name, ids in on_front.items():
-        pts = ", ".join(f"{t} ({reports[t].clean_acc:.3f}/{reports[t].accuracy(name):.3f})" for t in ids)
-        lines.append(f"  {name:26s} hv {hv[name]:.3f}  {pts}")
     return "\n".join(lines)

@@ -1,14 +1,19 @@
 """Running the suite on one predictor: the clean score, every planned attack in batches with
 its seed, EOT for randomized predictors, the defense's own attacks, then the aggregates and
 the masking checks; last the robustness curve (the seen attacks at further radii), so that
-nothing at ε_eval depends on it. Produces a ``PredictorReport``; writes nothing."""
+nothing at ε_eval depends on it. Produces a ``PredictorReport``; writes nothing.
+
+Scoring is per call (``raysearch.attacks.core.score_calls``): each image scores the fraction of
+``scoring_calls(pred, eot)`` fresh calls that answer correctly, clean and on each attack's
+image, and its value under an attack is min(clean score, attacked score), the clean image
+being inside every ball. Only images with a clean score above 0 (or a correct clean vote) are
+attacked. A deterministic predictor is scored on one call, as before."""
 from __future__ import annotations
 
 import logging
 import time
 from typing import Callable, Iterable
 
-import numpy as np
 import torch
 
 from raysearch.attacks import AttackSpec, core
@@ -21,6 +26,13 @@ from raysearch.schema import Threat, curve_attack
 from trainables.base import DataSpec, Predictor
 
 log = logging.getLogger(__package__)  # "raysearch.evaluate": the name the CLI's warnings carry
+MIN_SCORING_CALLS = 20  # fewest fresh calls that score each image of a randomized predictor
+
+
+def scoring_calls(pred: Predictor, eot: int) -> int:
+    """Fresh calls that score each image: max(MIN_SCORING_CALLS, the calls of an EOT budget of
+    ``eot`` draws) for a randomized predictor, 1 for a deterministic one."""
+    return max(MIN_SCORING_CALLS, pred.calls(eot)) if pred.randomized else 1
 
 
 def _attack_images(fn: Callable, model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float,
@@ -46,27 +58,30 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
     suite, _ = expand_attacks(attacks)
     eps_eval = spec.eps_eval if eps_eval is None else float(eps_eval)
     curve_suite, radii = curve_plan(suite, eps_list, eps_eval)
-    calls = pred.calls(eot)  # per gradient and per score; each averages pred.draws_per_call draws
+    calls = pred.calls(eot)  # per gradient; each averages pred.draws_per_call draws
+    scored = scoring_calls(pred, eot)
     if pred.randomized and eot < DEFAULT_EOT:
-        log.warning("randomized predictor attacked with EOT %d < %d draws: gradients and scores are "
+        log.warning("randomized predictor attacked with EOT %d < %d draws: gradients are "
                     "noisier than the standard protocol", eot, DEFAULT_EOT)
     model = pred.model
-    with torch.no_grad():
-        if pred.randomized:
-            per_draw = np.mean([(core.predict(model, x, 1) == y).float().mean().item() for _ in range(calls)])
-        clean = core.predict(model, x, calls) == y
-    rep = PredictorReport(len(y), clean, float(per_draw) if pred.randomized else float(clean.float().mean()),
-                          pred.randomized, pred.draws(eot), draws_per_call=pred.draws_per_call, eps_eval=eps_eval)
+    clean, clean_vote = core.score_calls(model, x, y, scored)
+    rep = PredictorReport(len(y), clean, pred.randomized, pred.draws(eot), draws_per_call=pred.draws_per_call,
+                          eps_eval=eps_eval, scoring_calls=scored,
+                          clean_ensemble=clean_vote if pred.randomized else None)
     if not pred.randomized and checks.randomness_leak(model, x[: min(len(x), 64)]):
         rep.flags.append(checks.FLAG_RANDOM)
-    idx = clean.nonzero().squeeze(1)
+    idx = ((clean > 0) | clean_vote).nonzero().squeeze(1)
     xc, yc = x[idx], y[idx]
 
-    def score(x_adv: torch.Tensor) -> torch.Tensor:
-        robust = torch.zeros_like(clean)
+    def score(x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per image of the set: min(clean, attacked) per-call score; for a randomized predictor
+        also whether the vote is correct clean and attacked (None otherwise)."""
+        robust, vote = torch.zeros_like(clean), torch.zeros_like(clean_vote)
         if len(idx):
-            robust[idx] = core.predict(model, x_adv, calls) == yc
-        return robust
+            attacked = core.score_calls(model, x_adv, yc, scored)
+            robust[idx] = torch.minimum(clean[idx], attacked.fraction)
+            vote[idx] = clean_vote[idx] & attacked.ensemble
+        return robust, vote if pred.randomized else None
 
     def say(msg: str) -> None:
         if progress is not None:
@@ -77,8 +92,9 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
         t0 = time.perf_counter()
         x_adv = _attack_images(run, run.target, xc, yc, run.eps, run.calls, seed, batch_size)
         checks.check_budget(attack, xc, x_adv, run.eps)
-        return AttackResult(run.name, attack.family, attack.threat, attack.norm, run.eps, score(x_adv),
-                            rep.eot, time.perf_counter() - t0, attack.gradient, attack.surrogate)
+        robust, vote = score(x_adv)
+        return AttackResult(run.name, attack.family, attack.threat, attack.norm, run.eps, robust, rep.eot,
+                            time.perf_counter() - t0, attack.gradient, attack.surrogate, scored, vote)
 
     for run in attack_runs(suite, pred, spec, eps_eval, surrogate, calls):
         res = run_attack(run)
@@ -91,9 +107,10 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
             x_adv = _attack_images(lambda m, xb, yb, e, eot, seed: fn(m, xb, yb, e), target, xc, yc,
                                    eps_eval, 1, seed, batch_size)
             checks.check_range(name, xc, x_adv)
+            robust, vote = score(x_adv)
             res = AttackResult(name + suffix, name, Threat.UNSEEN, getattr(fn, "norm", DEFENSE),
-                               float(getattr(fn, "eps", eps_eval)), score(x_adv), rep.eot,
-                               time.perf_counter() - t0)
+                               float(getattr(fn, "eps", eps_eval)), robust, rep.eot, time.perf_counter() - t0,
+                               scoring_calls=scored, ensemble=vote)
             rep.results.append(res)
             say(f"{res.attack:22s} acc {res.accuracy:.3f}  ({res.seconds:.1f} s)")
     aggregate(rep)

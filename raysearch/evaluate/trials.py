@@ -1,7 +1,8 @@
-"""The final evaluation of an experiment: which trials (the front's candidates plus any asked
-for), one job per trial (``TrialJob``, picklable so it can run as a Ray task), each trial's
-suite from its checkpoint (``evaluate_trial``), and the results written once at the end
-(``write_results``).
+"""The final evaluation of an experiment: which trials (the candidates of the
+``--final-candidates`` rule, ``raysearch.evaluate.candidates``, plus any asked for), one job per
+trial (``TrialJob``, picklable so it can run as a Ray task), each trial's suite from its
+checkpoint (``evaluate_trial``), and the results written once at the end (``write_results``),
+with the fronts recomputed over every trial evaluated so far (``raysearch.evaluate.fronts``).
 
 With ``eps_list`` each trial's seen attacks also run at those L∞ radii (the robustness curve):
 every radius other than the trial's ε_eval costs one more run of the seen suite. Its rows are
@@ -19,15 +20,15 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from raysearch import pareto, store
+from raysearch import store
 from raysearch.attacks import AttackSpec
-from raysearch.evaluate import checks, report
+from raysearch.evaluate import candidates, checks, fronts, report
 from raysearch.evaluate.results import PredictorReport
 from raysearch.evaluate.runner import evaluate_predictor
 from raysearch.evaluate.suite import DEFAULT_EOT, EvalError, check_radii, expand_attacks
-from raysearch.schema import Stage, Status
+from raysearch.schema import Stage
 
-__all__ = ["DEFAULT_SUBSET", "EvalError", "TrialJob", "TrialOutcome", "candidates", "evaluate_experiment",
+__all__ = ["DEFAULT_SUBSET", "EvalError", "TrialJob", "TrialOutcome", "evaluate_experiment",
            "evaluate_trial", "plan", "safe_evaluate_trial", "write_results"]
 
 log = logging.getLogger(__package__)
@@ -74,16 +75,6 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def candidates(rows: list[dict[str, Any]]) -> list[str]:
-    """Trial ids on the clean-vs-robust front of the completed trials with a checkpoint."""
-    ok = [r for r in rows if r.get("status") == Status.COMPLETED and r.get("checkpoint")
-          and _finite(r.get("clean_acc")) and _finite(r.get("robust_acc"))]
-    if not ok:
-        return []
-    mask = pareto.pareto_mask([[r["clean_acc"], r["robust_acc"]] for r in ok])
-    return [r["trial_id"] for r, m in zip(ok, mask) if m]
-
-
 def _recorded_config(exp_dir: Path) -> dict[str, Any]:
     """The experiment's config as experiment.json recorded it ({} if there is none)."""
     path = exp_dir / store.EXPERIMENT
@@ -110,8 +101,11 @@ def _checkpoint_folder(exp_dir: Path, row: dict) -> Path:
 
 
 def plan(exp_dir: Path, trial_ids, subset, eot, attacks, seed, data_dir, front, batch_size, device,
-         threads, eps_list=()) -> tuple[list[TrialJob], list[dict]]:
-    """Validate the request and list the trials to evaluate (front candidates, then extras)."""
+         threads, eps_list=(), final_candidates: str | None = None
+         ) -> tuple[list[TrialJob], list[dict], candidates.Selection | None]:
+    """Validate the request and list the trials to evaluate: the candidates of the
+    ``final_candidates`` rule (none unless ``front``), then ``trial_ids``.
+    Returns the jobs, the trials' rows and the candidates' selection (None without ``front``)."""
     from raysearch import data as data_mod
 
     if not (exp_dir / store.TRIALS).exists():
@@ -125,9 +119,14 @@ def plan(exp_dir: Path, trial_ids, subset, eot, attacks, seed, data_dir, front, 
         raise EvalError(f"eot must be >= 1, got {eot}")
     expand_attacks(attacks)  # unknown names fail here, before any work
     eps_list = check_radii(eps_list)
+    try:  # the rule asked for, else the one the search recorded, else band (recorded before the option)
+        rule = candidates.parse_rule(final_candidates or recorded.get("final_candidates") or candidates.DEFAULT_RULE)
+    except candidates.CandidatesError as e:
+        raise EvalError(str(e)) from None
     rows = store.read_rows(exp_dir / store.TRIALS)
     by_id = {r["trial_id"]: r for r in rows}
-    ids = candidates(rows) if front else []
+    selection = candidates.select(rows, rule) if front else None
+    ids = list(selection.ids) if selection else []
     for tid in trial_ids or []:
         if tid not in by_id:
             raise EvalError(f"unknown trial {tid!r}; known: {', '.join(sorted(by_id)) or 'none'}")
@@ -153,7 +152,7 @@ def plan(exp_dir: Path, trial_ids, subset, eot, attacks, seed, data_dir, front, 
     attacks = None if attacks is None else tuple(attacks)
     jobs = [TrialJob(tid, by_id[tid], str(exp_dir.resolve()), dataset, data_dir, subset, eot, attacks, seed,
                      batch_size, device, threads, n, eps_list) for tid in ids]
-    return jobs, rows
+    return jobs, rows, selection
 
 
 def evaluate_trial(job: TrialJob, progress: Callable[[str], None] | None = None) -> TrialOutcome:
@@ -210,11 +209,16 @@ def evaluate_experiment(exp_dir, trial_ids: Iterable[str] | None = None, subset:
                         data_dir: str | None = None, front: bool = True,
                         batch_size: int = 500, threads: int | None = None,
                         runner: Callable[[list[TrialJob]], Iterable[TrialOutcome]] | None = None,
-                        eps_list: Iterable[float] = (),
+                        eps_list: Iterable[float] = (), final_candidates: str | None = None,
                         ) -> dict[str, Any]:
-    """Run the suite on the front's trials (``front``) plus ``trial_ids``; write the results;
+    """Run the suite on the candidates (``front``) plus ``trial_ids``; write the results;
     return a summary: {"trials": {id: {...}}, "fronts": {attack: [ids]}, "hypervolume": {...},
-    "subset", "eot", "seconds", "report": printable text}. ``threads``: torch intra-op threads
+    "candidates": why these trials (one line; '' without ``front``), "subset", "eot",
+    "seconds", "report": printable text}. The fronts are over every trial evaluated so far,
+    earlier evaluations' included.
+
+    ``final_candidates``: front, band, all or K (``raysearch.evaluate.candidates``); default the
+    rule the experiment recorded, else band. ``threads``: torch intra-op threads
     while a trial is evaluated (restored after); 1 is much faster for small models on a busy
     CPU, where threads of one operator wait for each other.
 
@@ -232,23 +236,27 @@ def evaluate_experiment(exp_dir, trial_ids: Iterable[str] | None = None, subset:
         raise EvalError(f"threads must be >= 1, got {threads}")
     t_start = time.perf_counter()
     exp_dir = Path(exp_dir)
-    jobs, rows = plan(exp_dir, trial_ids, subset, eot, attacks, seed, data_dir, front, batch_size,
-                      None if device is None else str(device), threads, eps_list)
+    jobs, rows, selection = plan(exp_dir, trial_ids, subset, eot, attacks, seed, data_dir, front, batch_size,
+                                 None if device is None else str(device), threads, eps_list, final_candidates)
+    why = f"{len(selection.ids)} candidate(s): {selection.describe()}" if selection else ""
+    if progress and why:
+        progress(why)
     if runner is None:
         outcomes = [safe_evaluate_trial(job, progress) for job in jobs]
     else:
         outcomes = list(runner(jobs))
     order = {job.trial_id: i for i, job in enumerate(jobs)}
     outcomes.sort(key=lambda o: order[o.trial_id])
-    return write_results(exp_dir, rows, outcomes, jobs[0].subset_n, jobs[0].eot,
-                         time.perf_counter() - t_start)
+    summary = write_results(exp_dir, rows, outcomes, jobs[0].subset_n, jobs[0].eot, time.perf_counter() - t_start)
+    return {**summary, "candidates": why}
 
 
 def write_results(exp_dir: Path, rows: list[dict], outcomes: list[TrialOutcome], subset_n: int, eot: int,
                   seconds: float) -> dict[str, Any]:
     """Store every successful outcome (evals.parquet rows replaced per trial, final_* columns in
     trials.parquet) and build the summary; failed trials keep their earlier results and are
-    listed under "failed"."""
+    listed under "failed". The fronts are computed over the final rows read back from
+    evals.parquet: every trial evaluated so far, this evaluation's trials first."""
     reports = {o.trial_id: o.report for o in outcomes if o.report is not None}
     failed = {o.trial_id: o.error for o in outcomes if o.report is None}
     by_id = {r["trial_id"]: r for r in rows}
@@ -259,13 +267,15 @@ def write_results(exp_dir: Path, rows: list[dict], outcomes: list[TrialOutcome],
         rep = reports.get(r["trial_id"])
         if rep is not None:
             r["final_clean_acc"] = rep.clean_acc
+            r["final_n"] = rep.n
             r["final_worst_seen"] = rep.accuracy("worst_seen")
             r["final_union_unseen"] = rep.accuracy("union_unseen")
             r["masking_flags"] = ";".join(rep.flags)
     store.write_trials(exp_dir, rows)
 
-    on_front, hv = report.fronts(reports)
-    texts = [o.text for o in outcomes] + ([report.format_fronts(on_front, hv, reports)] if reports else [])
+    everything = fronts.evaluated(store.read_rows(exp_dir / store.EVALS), [o.trial_id for o in outcomes])
+    on_front, hv = fronts.fronts(everything)
+    texts = [o.text for o in outcomes] + ([fronts.format_fronts(on_front, hv, everything)] if everything else [])
     return {
         "trials": {tid: {"method": by_id[tid].get("method"), "clean_acc": rep.clean_acc,
                          "worst_seen": rep.accuracy("worst_seen"), "union_unseen": rep.accuracy("union_unseen"),

@@ -19,7 +19,7 @@ import torch
 
 from raysearch.export.scriptable import Exported
 from raysearch.schema import Stage
-from raysearch.stats import successes_of, wilson
+from raysearch.stats import accuracy_interval
 from trainables.spec import DataSpec
 
 CARD_VERSION = 1
@@ -43,8 +43,11 @@ def accuracy_entry(value, n: int | None, what: str) -> dict[str, Any]:
     value = finite_number(value)
     if value is None or not n:
         return {"value": value, "n": n, "correct": None, "ci95": None, "what": what}
-    correct = successes_of(value, n)
-    return {"value": value, "n": n, "correct": correct, "ci95": list(wilson(correct, n)), "what": what}
+    # correct: accuracy · n as measured (a randomized predictor's per-call score is fractional),
+    # the interval the same as the results store's
+    correct = value * n
+    correct = int(round(correct)) if abs(correct - round(correct)) < 1e-6 else round(correct, 6)
+    return {"value": value, "n": n, "correct": correct, "ci95": list(accuracy_interval(value, n)), "what": what}
 
 
 def eps_eval_of(row: dict, spec: DataSpec) -> float:
@@ -131,6 +134,7 @@ def _final_evaluation(evaluated: bool, final: list[dict], n: int | None, randomi
                 "note": "no final evaluation: no test accuracy; run python -m raysearch.evaluate --experiment "
                         "<experiment> --trials <trial> --only-trials, then export again"}
     eot = max((int(r.get("eot_samples") or 1) for r in final if r["attack"] == "clean"), default=1)
+    calls = max((int(r.get("scoring_calls") or 1) for r in final if r["attack"] == "clean"), default=1)
     return {
         "evaluated": True,
         "split": "test",
@@ -140,8 +144,10 @@ def _final_evaluation(evaluated: bool, final: list[dict], n: int | None, randomi
                           "drawn with torch.Generator().manual_seed(seed)"},
         "attack_suite": "this project's attacks (raysearch.evaluate), not AutoAttack; the ones run are listed "
                         "under attacks: seen = L∞ at eps, unseen = other threat models and corruptions",
-        "randomized_scoring": (f"accuracy of softmax probabilities averaged over {eot} random draws; attacks "
-                               f"use EOT" if randomized else None),
+        "randomized_scoring": (f"per call, as deployed: an image's accuracy is the fraction of {calls} fresh calls "
+                               f"that answer correctly, the set's the mean over images; attack gradients average "
+                               f"{eot} random draws (EOT); *_ensemble rows are the vote of the calls, a different "
+                               f"model" if randomized else None),
         "attacks": [_attack(r) for r in final],
     }
 
