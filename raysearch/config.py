@@ -50,6 +50,9 @@ class ExperimentConfig:
     eot_samples: int = 20  # EOT gradient samples for randomized predictors in the final suite
     final_eval: bool = True
     final_eval_size: int = 1000  # test images for the final suite
+    # which trials the final suite attacks: "front", "band" (the front and the trials near it),
+    # "all", or K as digits (raysearch.evaluate.candidates)
+    final_candidates: str = "band"
     max_failures: int = 1  # Train worker-group restarts from the last checkpoint per trial
     max_concurrent: int = 0  # 0: derived from the cluster's resources
     scheduler: str = "none"  # a key of raysearch.search.schedulers.SCHEDULERS

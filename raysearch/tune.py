@@ -17,6 +17,7 @@ from pathlib import Path
 
 from raysearch import data as data_mod, perf
 from raysearch.config import ConfigError, ExperimentConfig, default_config, parse_set
+from raysearch.evaluate import candidates
 from raysearch.evaluate.suite import EvalError, check_radii
 from raysearch.search.schedulers import SCHEDULERS
 from trainables import REGISTRY
@@ -81,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-eval-size", type=int, default=0,
                    help="test images for the final suite (default: 1000, or 100 for a randomized defense "
                         "such as atop, whose attacks average 20 draws per step; 360 = the whole digits test set)")
+    p.add_argument("--final-candidates", default=candidates.DEFAULT_RULE, metavar="front|band|all|K",
+                   help=f"trials the final suite attacks: front (the proxy front), band (default: the front and "
+                        f"every trial within {candidates.BAND_WIDTH:g} of it in both clean and robust accuracy), "
+                        "all, or K (the K best by non-dominated sorting)")
     p.add_argument("--no-final-eval", action="store_true", help="skip the attack suite after the search")
     p.add_argument("--scheduler", default="none", help=f"early stopping: {', or '.join(SCHEDULERS)} (ASHA on "
                                                       "clean×robust accuracy each epoch; stopped trials keep their "
@@ -135,6 +140,10 @@ def make_config(args: argparse.Namespace) -> ExperimentConfig:
         eps_list = check_radii(args.eps_list)  # the final evaluation's own rule, checked before any work
     except EvalError as e:
         raise UsageError(str(e)) from None
+    try:
+        final_candidates = candidates.parse_rule(args.final_candidates)
+    except candidates.CandidatesError as e:
+        raise UsageError(str(e)) from None
     if args.cpus_per_worker < 0 or args.gpus_per_worker < 0:
         raise UsageError("--cpus-per-worker and --gpus-per-worker must not be negative")
     if args.gpus_per_worker > 1 and args.gpus_per_worker != int(args.gpus_per_worker):
@@ -180,6 +189,7 @@ def make_config(args: argparse.Namespace) -> ExperimentConfig:
         workers_per_trial=args.workers_per_trial,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker, address=args.address,
         eval_size=args.eval_size, eval_steps=args.eval_steps, eot_samples=args.eot_samples,
+        final_candidates=final_candidates,
         final_eval=not args.no_final_eval, final_eval_size=args.final_eval_size or (100 if REGISTRY[args.method].randomized else 1000),
         max_failures=args.max_failures, max_concurrent=args.max_concurrent, eval_eot=args.eval_eot,
         scheduler=args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,

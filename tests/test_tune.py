@@ -40,6 +40,9 @@ CASES = [
     (["--method", "pgd_at", "--set", "beta=3"], "has no such field"),
     (["--method", "pgd_at", "--sampler", "cmaes"], "unknown sampler"),
     (["--method", "pgd_at", "--scheduler", "hyperband"], "unknown scheduler 'hyperband'; known: none, asha"),
+    (["--method", "pgd_at", "--final-candidates", "best"],
+     "--final-candidates must be front, band, all or a whole number K >= 1, got 'best'"),
+    (["--method", "pgd_at", "--final-candidates", "0"], "--final-candidates must be"),
 ]
 
 
@@ -134,6 +137,13 @@ def test_eps_list_defaults_to_none_and_builtin_names_are_kept(tmp_path):
     exp = tune.make_config(tune.build_parser().parse_args(["--method", "pgd_at", "--storage-path", str(tmp_path)]))
     assert exp.eps_list == () and exp.dataset == "digits" and exp.eps_eval == 0.2
     assert exp.name.startswith("pgd_at-digits-")
+
+
+@pytest.mark.parametrize("given,rule", [(None, "band"), ("front", "front"), ("ALL", "all"), ("05", "5")])
+def test_final_candidates_default_to_the_band(tmp_path, given, rule):
+    flag = [] if given is None else ["--final-candidates", given]
+    args = tune.build_parser().parse_args(["--method", "pgd_at", "--storage-path", str(tmp_path), *flag])
+    assert tune.make_config(args).final_candidates == rule
 
 
 def test_existing_name_is_never_overwritten(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """The hand-off from a finished search to the final evaluation: the full attack suite
-(``raysearch.evaluate``) on the front's trials, on the test split, each trial a Ray task."""
+(``raysearch.evaluate``) on the candidates of ``--final-candidates`` (by default the proxy front
+and the trials near it), on the test split, each trial a Ray task."""
 from __future__ import annotations
 
 import sys
@@ -7,23 +8,27 @@ import time
 
 import ray
 
+from raysearch import store
 from raysearch.config import ExperimentConfig
+from raysearch.evaluate import candidates
 from raysearch.evaluate import trials as eval_trials
 
 
 def final_evaluation(exp: ExperimentConfig) -> None:
-    """The full attack suite on the front's trials, on the test split, each trial a Ray task
-    with a worker's resources (so candidates run side by side where the cluster has room, on a
-    GPU when workers have one); prints a line as each finishes, then the tables and the fronts
-    recomputed per attack. ``exp.eps_list`` adds a robustness curve: the seen attacks again at
-    each of its radii (each one more run of the seen suite)."""
+    """The full attack suite on the candidates of ``exp.final_candidates``, on the test split,
+    each trial a Ray task with a worker's resources (so candidates run side by side where the
+    cluster has room, on a GPU when workers have one); prints how many candidates and why, a
+    line as each finishes, then the tables and the fronts recomputed per attack over every
+    trial evaluated. ``exp.eps_list`` adds a robustness curve: the seen attacks again at each
+    of its radii (each one more run of the seen suite)."""
     curve = f"; robustness curve at eps {', '.join(f'{r:g}' for r in exp.eps_list)}" if exp.eps_list else ""
-    print(f"\nfinal evaluation: full attack suite on the Pareto candidates ({exp.final_eval_size} test images, "
-          f"EOT {exp.eot_samples} for randomized predictors{curve})", flush=True)
+    chosen = candidates.select(store.read_rows(exp.exp_dir / store.TRIALS), exp.final_candidates)
+    print(f"\nfinal evaluation: full attack suite on {len(chosen.ids)} candidate(s): {chosen.describe()}; "
+          f"{exp.final_eval_size} test images, EOT {exp.eot_samples} for randomized predictors{curve}", flush=True)
     try:
         summary = eval_trials.evaluate_experiment(
             exp.exp_dir, subset=exp.final_eval_size, eot=exp.eot_samples, data_dir=exp.data_dir,
-            runner=ray_runner(exp), eps_list=exp.eps_list,
+            runner=ray_runner(exp), eps_list=exp.eps_list, final_candidates=exp.final_candidates,
             # one intra-op thread per CPU: on a busy CPU the suite ran ~9x faster with one than
             # with torch's default
             threads=None if exp.gpus_per_worker else max(1, int(exp.cpus_per_worker)))
