@@ -180,9 +180,9 @@ def test_a_search_spreads_its_trials_over_both_nodes(head, worker, tmp_path):
     evals = rows(exp_dir, store.EVALS)
     assert sorted((r["trial_id"], r["epoch"]) for r in evals if r["attack"] == "clean") == sorted(
         (r["trial_id"], e) for r in trials for e in (1, 2))
-    for r in trials:
-        assert Path(r["checkpoint"]).is_relative_to(exp_dir / "train" / r["trial_id"])
-        assert (Path(r["checkpoint"]) / "state.pt").exists()
+    for r in trials:  # stored relative to the experiment folder, so the folder can move
+        assert Path(r["checkpoint"]).parts[:2] == ("train", r["trial_id"]), r["checkpoint"]
+        assert (exp_dir / r["checkpoint"] / "state.pt").exists()
 
 
 @pytest.mark.slow
