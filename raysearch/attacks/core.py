@@ -1,10 +1,17 @@
 """Shared pieces of every attack: forward passes with EOT, per-example losses, predictions.
 
 A randomized predictor is called ``eot`` times per step; the copies are stacked into one batch
-(up to ``max_batch`` images per forward pass) so that the draws cost one large forward pass
-instead of many small ones. Losses are computed per draw and averaged, so their gradient is
-the EOT gradient of Athalye et al. (2018): the mean over draws of each draw's gradient.
-Predictions inside attacks average the softmax probabilities over the draws.
+so that the draws cost one large forward pass instead of many small ones. Losses are computed
+per draw and averaged, so their gradient is the EOT gradient of Athalye et al. (2018): the mean
+over draws of each draw's gradient. Predictions inside attacks average the softmax
+probabilities over the draws.
+
+Memory: no forward pass takes more than ``max_batch`` image-calls (images × copies), whether
+copies of a batch or slices of its images, and an EOT gradient backs each such piece up on its
+own, so only one piece's graph is alive at a time. The limit is the ``max_batch`` argument, else
+the one ``batch_limit`` sets for a block of code (``raysearch.attacks.memory`` plans it from the
+predictor's measured cost and the memory budget), else ``MAX_BATCH``. Attacks themselves take no
+such argument: callers set the limit around them.
 
 Scoring (``score_calls``, ``fraction_correct``, ``ensemble_correct``): a randomized predictor
 is deployed as one call per input, so its accuracy on an image is the fraction of ``calls``
@@ -13,13 +20,48 @@ those calls (argmax of their averaged softmax) is an ensemble, reported apart as
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import contextlib
+from contextvars import ContextVar
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 from torch.nn import functional
 
-MAX_BATCH = 4096  # images per forward pass when EOT copies are stacked
+MAX_BATCH = 4096  # image-calls per forward pass when no limit is set (and the most a plan allows)
 ALL = slice(None)  # index of every example: tensor[ALL] is a view, so no copy is made
+_LIMIT: ContextVar[int] = ContextVar("max_batch", default=MAX_BATCH)
+
+
+def max_batch() -> int:
+    """Image-calls per forward pass in effect here (``batch_limit``'s, else MAX_BATCH)."""
+    return _LIMIT.get()
+
+
+@contextlib.contextmanager
+def batch_limit(limit: int) -> Iterator[int]:
+    """Every forward pass of core's functions inside the block takes at most ``limit``
+    image-calls (images × stacked copies), unless a call passes its own ``max_batch``."""
+    token = _LIMIT.set(max(1, int(limit)))
+    try:
+        yield _LIMIT.get()
+    finally:
+        _LIMIT.reset(token)
+
+
+def pieces(n: int, copies: int, limit: int) -> list[list[tuple[slice, int]]]:
+    """How ``copies`` stacked copies of ``n`` images split into forward passes of at most
+    ``limit`` image-calls: blocks of copies, each a list of (image slice, copies in it). A batch
+    that fits is copied as often as fits per pass; a larger one goes one copy at a time, in
+    slices of ``limit`` images."""
+    limit = max(1, limit)
+    if n <= limit:
+        per = max(1, limit // max(n, 1))
+        return [[(ALL, min(per, copies - i))] for i in range(0, copies, per)]
+    return [[(slice(i, min(i + limit, n)), 1) for i in range(0, n, limit)] for _ in range(copies)]
+
+
+def _stacked(x: torch.Tensor, k: int) -> torch.Tensor:
+    return x if k == 1 else x.repeat(k, *([1] * (x.dim() - 1)))
 
 
 def subset(act, mask: torch.Tensor):
@@ -41,17 +83,13 @@ def normal(g: torch.Generator, shape, x: torch.Tensor) -> torch.Tensor:
     return torch.randn(shape, generator=g, device=x.device, dtype=x.dtype)
 
 
-def draws(model: Callable, x: torch.Tensor, eot: int, max_batch: int = MAX_BATCH) -> torch.Tensor:
-    """Logits of ``eot`` independent forward passes, shape (eot, N, classes)."""
-    if eot <= 1:
-        return model(x)[None]
-    per = max(1, max_batch // max(len(x), 1))
+def draws(model: Callable, x: torch.Tensor, eot: int, max_batch: int | None = None) -> torch.Tensor:
+    """Logits of ``eot`` independent forward passes, shape (eot, N, classes), in passes of at
+    most ``max_batch`` image-calls (default: the limit in effect, ``max_batch()``)."""
     out = []
-    for i in range(0, eot, per):
-        k = min(per, eot - i)
-        z = model(x.repeat(k, *([1] * (x.dim() - 1))))
-        out.append(z.view(k, len(x), -1))
-    return torch.cat(out)
+    for block in pieces(len(x), max(1, eot), max_batch or _LIMIT.get()):
+        out.append(torch.cat([model(_stacked(x[sl], k)).unflatten(0, (k, len(x[sl]))) for sl, k in block], 1))
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def probs(logits: torch.Tensor) -> torch.Tensor:
@@ -60,9 +98,10 @@ def probs(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: Callable, x: torch.Tensor, eot: int = 1, batch_size: int = 512) -> torch.Tensor:
+def predict(model: Callable, x: torch.Tensor, eot: int = 1, batch_size: int = 512,
+            max_batch: int | None = None) -> torch.Tensor:
     """Labels from probabilities averaged over ``eot`` draws."""
-    out = [probs(draws(model, x[i:i + batch_size], eot)).argmax(1) for i in range(0, len(x), batch_size)]
+    out = [probs(draws(model, x[i:i + batch_size], eot, max_batch)).argmax(1) for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
 
 
@@ -76,12 +115,12 @@ class CallScores(NamedTuple):
 
 @torch.no_grad()
 def score_calls(model: Callable, x: torch.Tensor, y: torch.Tensor, calls: int,
-                batch_size: int = 512) -> CallScores:
+                batch_size: int = 512, max_batch: int | None = None) -> CallScores:
     """Score ``calls`` fresh calls of ``model`` on each image (copies stacked into batches as in
     ``draws``). For one call both scores are the call's correctness, computed as ``predict`` does."""
     fraction, ensemble = [], []
     for i in range(0, len(x), batch_size):
-        p = torch.softmax(draws(model, x[i:i + batch_size], calls).float(), -1)  # (calls, N, C)
+        p = torch.softmax(draws(model, x[i:i + batch_size], calls, max_batch).float(), -1)  # (calls, N, C)
         yb = y[i:i + batch_size]
         fraction.append((p.argmax(-1) == yb).float().mean(0))
         ensemble.append(p.mean(0).argmax(1) == yb)
@@ -152,14 +191,47 @@ def scores(z: torch.Tensor) -> torch.Tensor:
 
 
 def loss_grad(model: Callable, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, eot: int,
-              max_batch: int = MAX_BATCH):
-    """(per-example loss averaged over draws, its gradient w.r.t. x, ``scores`` of the draws)."""
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        z = draws(model, x, eot, max_batch)
-        loss = loss_fn(z, y).mean(0)
-        grad, = torch.autograd.grad(loss.sum(), x)
-    return loss.detach(), grad, scores(z.detach())
+              max_batch: int | None = None):
+    """(per-example loss averaged over draws, its gradient w.r.t. x, ``scores`` of the draws).
+
+    When the ``eot`` copies of the batch exceed ``max_batch`` image-calls (default: the limit in
+    effect), each forward piece is backed up before the next runs, its gradients summed: the same
+    gradient, with one piece's graph in memory at a time. ``loss_fn`` always sees logits of the
+    whole batch (the other images' zero and without gradient), so per-image arguments bound to it
+    (a target class per image) stay aligned."""
+    x = x.detach()
+    copies, n = max(1, eot), len(x)
+    blocks = pieces(n, copies, max_batch or _LIMIT.get())
+    if len(blocks) == 1 and len(blocks[0]) == 1:  # one forward pass: one graph
+        x = x.requires_grad_(True)
+        with torch.enable_grad():
+            z = draws(model, x, eot, blocks[0][0][1] * n)
+            loss = loss_fn(z, y).mean(0)
+            grad, = torch.autograd.grad(loss.sum(), x)
+        return loss.detach(), grad, scores(z.detach())
+    grad = torch.zeros_like(x)
+    logits, losses = [], []
+    for block in blocks:
+        zs, ls = [], []
+        for sl, k in block:
+            xi = x[sl].detach().requires_grad_(True)
+            with torch.enable_grad():
+                z = model(_stacked(xi, k)).unflatten(0, (k, len(xi)))
+                whole = z if sl is ALL else _padded(z, sl, n)
+                part = loss_fn(whole, y)[:, sl]
+                g, = torch.autograd.grad(part.sum() / copies, xi)
+            grad[sl] += g
+            zs.append(z.detach())
+            ls.append(part.detach())
+        logits.append(torch.cat(zs, 1))
+        losses.append(torch.cat(ls, 1))
+    return torch.cat(losses).mean(0), grad, scores(torch.cat(logits))
+
+
+def _padded(z: torch.Tensor, sl: slice, n: int) -> torch.Tensor:
+    """(k, m, C) logits of the images ``sl`` placed among zero logits of all ``n`` images."""
+    k, _, c = z.shape
+    return torch.cat([z.new_zeros(k, sl.start, c), z, z.new_zeros(k, n - sl.stop, c)], 1)
 
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -205,18 +277,20 @@ def param_pgd(model: Callable, x: torch.Tensor, y: torch.Tensor, theta: torch.Te
         th = theta[act].detach().requires_grad_(True)
         with torch.enable_grad():
             x_adv = render(x[act], th)
-            z = draws(model, x_adv, eot)
-            adv_loss = loss_fn(z, y[act]).mean(0)
-            obj = adv_loss if penalty is None else adv_loss - penalty(th)
-            grad, = torch.autograd.grad(obj.sum(), th)
+        # the loss's gradient at the image (in planned pieces), then back through the rendering
+        adv_loss, grad_x, p = loss_grad(model, x_adv, y[act], loss_fn, eot)
+        with torch.enable_grad():
+            obj = (x_adv * grad_x).sum() - (0 if penalty is None else penalty(th).sum())
+            grad, = torch.autograd.grad(obj, th)
+        x_adv = x_adv.detach()
         with torch.no_grad():
             if max_loss:
-                up = adv_loss.detach() > top_loss[act]
-                found[subset(act, up)], top_loss[subset(act, up)] = x_adv.detach()[up], adv_loss.detach()[up]
+                up = adv_loss > top_loss[act]
+                found[subset(act, up)], top_loss[subset(act, up)] = x_adv[up], adv_loss[up]
             else:
-                wrong = (scores(z.detach()).argmax(1) != y[act]) & ~fooled[act]
+                wrong = (p.argmax(1) != y[act]) & ~fooled[act]
                 hit = subset(act, wrong)
-                found[hit] = x_adv.detach()[wrong]
+                found[hit] = x_adv[wrong]
                 fooled[hit] = True
             theta[act] = (th.detach() + alpha * grad.sign()).clamp(-bound, bound)
     with torch.no_grad():
@@ -233,7 +307,9 @@ def param_pgd(model: Callable, x: torch.Tensor, y: torch.Tensor, theta: torch.Te
 
 class MeanOfDraws(torch.nn.Module):
     """A randomized model seen through the mean of ``eot`` draws' logits: lets attacks that know
-    nothing of EOT (a defense's own attacks) use the expectation over the randomness."""
+    nothing of EOT (a defense's own attacks) use the expectation over the randomness. Its
+    forward pieces respect the batch limit, but the attack backs the whole mean up at once, so
+    every piece's graph is alive until then."""
 
     def __init__(self, model: Callable, eot: int):
         super().__init__()
