@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Mapping
 
-SCHEMA_VERSION = 2  # 2: n and 95% Wilson interval columns beside every accuracy
+# 2: n and 95% Wilson interval columns beside every accuracy; 3: evals' queries, restarts, iterations and
+# protocol, trials' masking_checks (an older file reads with them missing, raysearch.store.conform)
+SCHEMA_VERSION = 3
 HP_PREFIX = "hp_"  # trials.parquet: one typed column per config field, "hp_<field>"
 
 
@@ -47,6 +49,15 @@ class Threat(StrEnum):
     SEEN = "seen"  # L∞ at ε_eval: the threat model the defense trained for
     UNSEEN = "unseen"  # another geometry (L2, flow, colour, DCT) or a natural corruption
     CHECK = "check"  # sanity sweeps for the gradient-masking checks; in no robust number
+
+
+class Protocol(StrEnum):
+    """The attack settings an ``evals.parquet`` row was measured with."""
+
+    STANDARD = "standard"  # a deterministic predictor: the registry's settings, scored on one call
+    # a randomized predictor: AutoAttack's rand version (EOT gradients, one restart, Square on the
+    # same draws), every image scored per call over scoring_calls fresh calls
+    RAND = "rand"
 
 
 FRACTION, SECONDS, UNIX_SECONDS, EPOCHS, PIXEL_SCALE = (
@@ -136,15 +147,24 @@ TRIAL_COLUMNS: dict[str, Column] = _with_intervals({
     "startup_s": _c("float", "from the trial's start to its first training step", SECONDS),
     "stopped_early": _c("bool", "stopped by the early-stopping scheduler (its last epoch counts)"),
     "resumed_from": _c("int", "latest epoch a restarted worker group resumed from (0: never)", EPOCHS),
+    "scheduler": _c("str", "the search's --scheduler: none, moasha or mopbt"),
+    "parent_trial_id": _c("str", "mopbt: the trial whose checkpoint this trial last cloned ('' if none)"),
+    "cloned_at_epoch": _c("int", "mopbt: epoch of the parent's checkpoint it last cloned (0 if none)", EPOCHS),
+    "lineage_json": _c("str", "mopbt: JSON list, oldest first, of the clone events behind this trial's weights "
+                              "(the parent's inherited, then its own): {epoch, parent, changed: {hp: [old, new]}}, "
+                              "old being the value the weights were trained with before; '[]' if none"),
     "checkpoint": _c("str", "folder of the trial's last checkpoint, relative to the experiment folder (absolute in "
                             "results written before that rule; readers resolve both)"),
     "config_json": _c("str", "the trial's full config as JSON"),
     "final_clean_acc": _c("float", "final suite: clean accuracy (test split)", FRACTION, n="final_n"),
     "final_worst_seen": _c("float", "final suite: per-image worst case over seen attacks", FRACTION, n="final_n"),
-    "final_union_unseen": _c("float", "final suite: robust to every unseen attack, per image", FRACTION,
+    "final_union_unseen": _c("float", "final suite: robust to every unseen adversarial attack of the suite, per "
+                                      "image (corruptions and a defense's own attacks are reported apart)", FRACTION,
                              n="final_n"),
     "final_n": _c("int", "final suite: test images the final_* accuracies were measured on"),
     "masking_flags": _c("str", "final suite: ';'-joined gradient-masking flags ('' if none)"),
+    "masking_checks": _c("str", "final suite: every masking check that ran, as JSON {name: {count, n, limit, "
+                                "fired, what}}: fired when count > limit (raysearch.evaluate.checks)"),
 })
 
 EVAL_COLUMNS: dict[str, Column] = _with_intervals({
@@ -155,8 +175,8 @@ EVAL_COLUMNS: dict[str, Column] = _with_intervals({
     "dataset": _c("str", "data set name"),
     "stage": _c("str", "one of Stage"),
     "epoch": _c("int", "epoch the proxy ran after; -1 for the final stage", EPOCHS),
-    "attack": _c("str", "attack or aggregate name, e.g. clean, pgd20_linf, apgd_ce, worst_seen; at ε_eval a plain "
-                        "name, at the robustness curve's other L∞ radii '<name>@<radius>' (curve_attack)"),
+    "attack": _c("str", "attack or aggregate name, e.g. clean, proxy_robust (the per-epoch proxy), apgd_ce, "
+                        "worst_seen; at ε_eval a plain name, at the robustness curve's other L∞ radii '<name>@<radius>' (curve_attack)"),
     "family": _c("str", "attacks of one family are variants of one method, e.g. pgd, apgd, corruption"),
     "threat": _c("str", "one of Threat; the seen attacks keep 'seen' on the robustness curve's '<name>@<radius>' rows"),
     "norm": _c("str", "linf, l2, flow, colour, dct, none; mixed for aggregates"),
@@ -167,6 +187,14 @@ EVAL_COLUMNS: dict[str, Column] = _with_intervals({
     "eot_samples": _c("int", "random draws averaged per gradient (1: deterministic predictor)"),
     "scoring_calls": _c("int", "fresh predictor calls each image is scored on; the accuracy is the mean fraction "
                                "of correct calls (1: deterministic predictor)"),
+    "queries": _c("int", "predictor queries per image of a gradient-free search (Square); 0 where none applies, "
+                         "-1 where the suite does not know (a defense's own attack)"),
+    "restarts": _c("int", "runs per image from fresh starts (× targets of a targeted attack); 0 where no attack "
+                          "ran (clean, aggregates), -1 where the suite does not know (a defense's own attack)"),
+    "iterations": _c("int", "gradient or optimization steps per run; 0 where none applies (clean, aggregates, "
+                            "corruptions, Square), -1 where the suite does not know (a defense's own attack)"),
+    "protocol": _c("str", "one of Protocol: standard, or rand (AutoAttack's settings for randomized predictors, "
+                          "scored per call)"),
     "seconds": _c("float", "time the attack took", SECONDS),
 })
 
@@ -219,7 +247,8 @@ def trial_row(*, experiment: str, trial_id: str, method: str, dataset: str, arch
     row: dict[str, Any] = {name: column.missing for name, column in TRIAL_COLUMNS.items()}
     row.update(schema_version=SCHEMA_VERSION, experiment=experiment, trial_id=trial_id, method=method,
                dataset=dataset, arch=arch, status=Status.RUNNING, eps_eval=eps_eval, epochs=0,
-               num_workers=num_workers, started_at=started_at, stopped_early=False,
+               num_workers=num_workers, started_at=started_at, stopped_early=False, parent_trial_id="",
+               cloned_at_epoch=0, lineage_json="[]",
                config_json=json.dumps(dict(config), default=str))
     row.update({f"{HP_PREFIX}{k}": v for k, v in config.items() if isinstance(v, (int, float, str, bool))})
     return row
@@ -227,12 +256,15 @@ def trial_row(*, experiment: str, trial_id: str, method: str, dataset: str, arch
 
 def eval_row(*, experiment: str, trial_id: str, method: str, dataset: str, stage: Stage, epoch: int,
              attack: str, family: str, threat: Threat, norm: str, eps: float, accuracy: float, n: int,
-             eot_samples: int, scoring_calls: int, seconds: float) -> dict[str, Any]:
+             eot_samples: int, scoring_calls: int, queries: int, restarts: int, iterations: int,
+             protocol: Protocol, seconds: float) -> dict[str, Any]:
     """One (trial, stage, epoch, attack) result."""
     row = dict(schema_version=SCHEMA_VERSION, experiment=experiment, trial_id=trial_id, method=method,
                dataset=dataset, stage=Stage(stage), epoch=int(epoch), attack=attack, family=family,
                threat=Threat(threat), norm=norm, eps=float(eps), accuracy=float(accuracy), n=int(n),
-               eot_samples=int(eot_samples), scoring_calls=int(scoring_calls), seconds=float(seconds))
+               eot_samples=int(eot_samples), scoring_calls=int(scoring_calls), queries=int(queries),
+               restarts=int(restarts), iterations=int(iterations), protocol=Protocol(protocol),
+               seconds=float(seconds))
     check_row(row, "evals")
     return row
 

@@ -50,3 +50,14 @@ def successes_of(accuracy: float, n: int) -> int:
     """The count of correct images behind an ``accuracy`` measured on ``n`` images (rounded:
     for a per-call accuracy this is the nearest whole count, not the measured one)."""
     return int(round(accuracy * n))
+
+
+def count_limit(n: int, base_rate: float, z: float = Z95) -> float:
+    """The most images out of ``n`` that show a sign at a true rate of ``base_rate`` and still
+    count as noise: n·p + z·√(n·p·(1 − p)). A count above it is one whose Wilson interval
+    (at the same ``z``) lies wholly above ``base_rate``: the Wilson interval is the inversion of
+    this score test, so the limit and the intervals the results report say the same thing.
+    A base rate of 0 gives 0: any count fires."""
+    if n < 0 or not 0 <= base_rate <= 1:
+        raise ValueError(f"need n >= 0 and a base rate in [0, 1], got n={n}, base_rate={base_rate}")
+    return n * base_rate + z * math.sqrt(n * base_rate * (1 - base_rate))

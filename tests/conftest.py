@@ -161,7 +161,8 @@ def experiment(tmp_path, trained, digits):
         evals.append(schema.eval_row(experiment="exp", trial_id=tid, method=method, dataset="digits",
                                      stage=Stage.TRIAL, epoch=3, attack="pgd20_linf", family="pgd",
                                      threat=Threat.SEEN, norm="linf", eps=0.2, accuracy=robust, n=100,
-                                     eot_samples=1, scoring_calls=1, seconds=0.1))
+                                     eot_samples=1, scoring_calls=1, queries=0, restarts=1,
+                                     iterations=10, protocol="standard", seconds=0.1))
     failed = schema.trial_row(experiment="exp", trial_id="t9", method="standard", dataset="digits",
                               arch="small_cnn", eps_eval=0.2, num_workers=1, started_at=0.0, config={"lr": 3.0})
     failed.update(status=Status.FAILED, error="diverged", clean_acc=float("nan"), robust_acc=float("nan"))

@@ -62,3 +62,31 @@ class Scaled(nn.Module):
 
     def forward(self, x):
         return self.model(x) * self.factor
+
+
+class Threshold(nn.Module):
+    """Two classes: 1 when some pixel reaches ``level``, else 0 (logits ±4, so never saturated).
+    ``masked``: a hard step, whose input gradient is zero everywhere: PGD gets no direction (it
+    stays at its random start), Square still finds the step. Otherwise a steep sigmoid of the
+    largest pixel, 0.01 below ``level``: PGD climbs to the same images Square finds."""
+
+    def __init__(self, level: float, masked: bool):
+        super().__init__()
+        self.level, self.masked = level, masked
+
+    def forward(self, x):
+        flat = x.flatten(1)
+        if self.masked:
+            hit = (flat >= self.level).any(1).float() + 0 * flat.sum(1)  # in the graph, gradient 0
+        else:
+            hit = torch.sigmoid(50 * (flat.amax(1) - (self.level - 0.01)))
+        logit = 4 * (2 * hit - 1)
+        return torch.stack([-logit, logit], 1)
+
+
+def threshold_images(n: int, near: int, eps: float, side: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` constant grey images of class 0 for ``Threshold(level=0.8 + eps)``: the first
+    ``near`` at 0.8 (one pixel moved by ε reaches the level), the others at 0.5 (out of reach)."""
+    x = torch.full((n, 1, side, side), 0.5)
+    x[:near] = 0.8
+    return x, torch.zeros(n, dtype=torch.long)

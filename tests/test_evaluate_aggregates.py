@@ -13,14 +13,16 @@ from raysearch.evaluate.results import AttackResult, PredictorReport
 from raysearch.schema import Threat
 
 
-def _result(attack: str, family: str, threat: str, robust: list, ensemble: list[bool] | None = None) -> AttackResult:
+def _result(attack: str, family: str, threat: str, robust: list, ensemble: list[bool] | None = None,
+            defense: bool = False) -> AttackResult:
     return AttackResult(attack, family, threat, "linf", 0.1, torch.tensor(robust), 1, 0.0,
-                        ensemble=None if ensemble is None else torch.tensor(ensemble))
+                        ensemble=None if ensemble is None else torch.tensor(ensemble), defense=defense)
 
 
 def test_aggregates_are_per_image_worst_cases():
     """Per family and over seen attacks: robust only where every attack failed; unseen: the
-    union; corruptions: also their mean; check attacks count in nothing."""
+    union over the adversarial attacks; corruptions apart, their union and their mean; check
+    attacks count in nothing."""
     clean = torch.tensor([True, True, True, True])
     rep = PredictorReport(4, clean, False, 1)
     rep.results = [_result("pgd_ce", "pgd", Threat.SEEN, [True, True, False, True]),
@@ -32,10 +34,11 @@ def test_aggregates_are_per_image_worst_cases():
     aggregates.aggregate(rep)
     assert rep.accuracy("worst_pgd") == 0.5 and rep.aggregates["worst_pgd"][:2] == ("pgd", "seen")
     assert rep.accuracy("worst_seen") == 0.25
-    assert rep.accuracy("union_unseen") == 0.25
-    assert rep.accuracy("union_unseen_adversarial") == 0.75
+    assert rep.accuracy("union_unseen") == 0.75  # pgd_l2 alone: the corruption's two images are not in it
+    assert rep.accuracy("union_corruptions") == 0.5 and rep.aggregates["union_corruptions"][:2] == (
+        "corruption", "unseen")
     assert rep.accuracy("mean_corruption") == 0.5
-    assert "worst_eps_sweep" not in rep.aggregates
+    assert not {"worst_eps_sweep", "worst_corruption", "union_unseen_adversarial"} & set(rep.aggregates)
     assert rep.accuracy("pgd_cw") == 0.75 and math.isnan(rep.accuracy("nothing"))
     assert not rep.ensemble, "a deterministic predictor has no ensemble values"
 
@@ -55,11 +58,29 @@ def test_worst_cases_are_per_image_minima_of_call_fractions():
     assert per_image.tolist() == pytest.approx([0.5, 0.2, 0.6, 0.0])
     assert rep.accuracy("worst_seen") == pytest.approx(1.3 / 4)
     assert rep.accuracy("worst_seen") < min(rep.accuracy("pgd_ce"), rep.accuracy("apgd_ce"))
-    assert rep.accuracy("union_unseen") == pytest.approx((0.4 + 0.8 + 0.1) / 4)
-    assert rep.accuracy("union_unseen_adversarial") == pytest.approx((1.0 + 0.8 + 0.1) / 4)
+    assert rep.accuracy("union_unseen") == pytest.approx((1.0 + 0.8 + 0.1) / 4)
+    assert rep.accuracy("union_corruptions") == pytest.approx((0.4 + 0.8 + 0.6) / 4)
     # the clean score bounds every image: an attacked score above it does not count
     assert aggregates.worst_per_image([_result("up", "up", Threat.SEEN, [1.0, 1.0, 1.0, 1.0])],
                                       rep.clean).tolist() == pytest.approx(clean.tolist())
+
+
+def test_the_unseen_axis_is_the_same_for_every_method():
+    """A defense's own attacks (ijsat's on-manifold attack) and the corruptions are reported
+    apart: two methods that agree on the suite's unseen adversarial attacks get the same
+    union_unseen however their extras and corruptions go."""
+    suite = [_result("pgd_ce", "pgd", Threat.SEEN, [1.0, 1.0, 1.0, 0.0]),
+             _result("pgd_l2", "pgd_l2", Threat.UNSEEN, [1.0, 1.0, 0.0, 0.0]),
+             _result("stadv", "stadv", Threat.UNSEEN, [1.0, 0.0, 1.0, 0.0])]
+    plain = PredictorReport(4, torch.ones(4), False, 1, results=list(suite))
+    extra = PredictorReport(4, torch.ones(4), False, 1, results=suite + [
+        _result("on_manifold", "on_manifold", Threat.UNSEEN, [0.0, 0.0, 0.0, 0.0], defense=True),
+        _result("fog_s5", "corruption", Threat.UNSEEN, [0.0, 1.0, 0.0, 1.0])])
+    aggregates.aggregate(plain)
+    aggregates.aggregate(extra)
+    assert plain.accuracy("union_unseen") == extra.accuracy("union_unseen") == 0.25
+    assert extra.accuracy("worst_on_manifold") == 0.0 and extra.aggregates["worst_on_manifold"][1] == "unseen"
+    assert extra.accuracy("union_corruptions") == 0.5 and "union_corruptions" not in plain.aggregates
 
 
 def test_ensemble_values_are_kept_apart():

@@ -16,7 +16,8 @@ def _row(tid: str, attack: str, accuracy: float, threat: str = Threat.SEEN, eps:
          stage: str = Stage.FINAL) -> dict:
     return schema.eval_row(experiment="exp", trial_id=tid, method="pgd_at", dataset="digits", stage=stage,
                            epoch=schema.FINAL_EPOCH if stage == Stage.FINAL else 3, attack=attack, family="pgd",
-                           threat=threat, norm="linf", eps=eps, accuracy=accuracy, n=2, eot_samples=1, scoring_calls=1, seconds=1.0)
+                           threat=threat, norm="linf", eps=eps, accuracy=accuracy, n=2, eot_samples=1, scoring_calls=1,
+                           queries=0, restarts=1, iterations=50, protocol="standard", seconds=1.0)
 
 
 def _trial(tid: str, clean: float, robust: float) -> list[dict]:

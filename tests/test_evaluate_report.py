@@ -19,7 +19,7 @@ def _report(clean: list[bool], robust: list[bool], randomized: bool = False) -> 
     rep = PredictorReport(len(clean), torch.tensor(clean), randomized, 20 if randomized else 1,
                           draws_per_call=4 if randomized else 1, scoring_calls=20 if randomized else 1)
     rep.results.append(AttackResult("pgd_ce", "pgd", Threat.SEEN, "linf", 0.2, torch.tensor(robust),
-                                    rep.eot, 1.25))
+                                    rep.eot, 1.25, iterations=50, restarts=1 if randomized else 5))
     rep.aggregates["worst_seen"] = ("worst_seen", Threat.SEEN, rep.results[0].accuracy)
     rep.flags.append("fgsm_beats_pgd")
     return rep
@@ -36,6 +36,21 @@ def test_report_rows_fit_the_schema():
     assert (clean["threat"], clean["norm"], clean["eps"], clean["accuracy"]) == ("clean", "none", 0.0, 0.75)
     assert (attack["threat"], attack["eps"], attack["accuracy"], attack["seconds"]) == ("seen", 0.2, 0.25, 1.25)
     assert worst["norm"] == "mixed" and math.isnan(worst["eps"]) and worst["accuracy"] == 0.25
+
+
+def test_rows_say_how_they_were_measured():
+    """An attack row carries its steps, restarts and queries; clean and aggregate rows 0 for
+    all three; every row of a randomized predictor the rand protocol, of a deterministic one
+    the standard protocol."""
+    for randomized, protocol in ((False, "standard"), (True, "rand")):
+        rep = _report([True, True], [True, False], randomized=randomized)
+        rep.results.append(AttackResult("square", "square", Threat.SEEN, "linf", 0.2, torch.tensor([1.0, 0.0]),
+                                        rep.eot, 2.0, gradient=False, queries=1000))
+        rows = {r["attack"]: r for r in report.report_rows(rep, BASE)}
+        spent = {name: (r["iterations"], r["restarts"], r["queries"]) for name, r in rows.items()}
+        assert spent["pgd_ce"] == (50, 1 if randomized else 5, 0) and spent["square"] == (0, 1, 1000)
+        assert spent["clean"] == spent["worst_seen"] == (0, 0, 0)
+        assert {r["protocol"] for r in rows.values()} == {protocol}
 
 
 def test_randomized_report_rows_and_table():

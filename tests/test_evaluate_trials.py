@@ -3,6 +3,7 @@ each rule, validation of a request, results written per trial, one failed trial 
 others, fronts over every trial evaluated so far."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -44,6 +45,17 @@ def test_evaluate_experiment_writes_results(experiment):
     assert rows["t0"]["masking_flags"] == ";".join(s["t0"]["flags"])
     assert rows["t1"]["hp_lr"] == 0.05 and rows["t1"]["checkpoint"]
     assert rows["t9"]["error"] == "diverged" and rows["t9"]["masking_flags"] is None
+    # every check that ran, with its count and limit, beside the flags that fired
+    stored = json.loads(rows["t0"]["masking_checks"])
+    assert stored == s["t0"]["checks"] and rows["t9"]["masking_checks"] is None
+    assert {checks.FLAG_UNBOUNDED, checks.FLAG_ZERO_GRADIENT, checks.FLAG_SATURATED} <= set(stored)
+    assert all(list(c) == ["count", "n", "limit", "fired", "what"] and c["n"] == 60 for c in stored.values())
+    assert [name for name, c in stored.items() if c["fired"]] == [f for f in s["t0"]["flags"] if f in stored]
+    # evals rows say how each number was measured
+    t1 = {r["attack"]: r for r in final if r["trial_id"] == "t1"}
+    assert (t1["pgd_ce"]["iterations"], t1["pgd_ce"]["restarts"], t1["pgd_ce"]["queries"]) == (50, 5, 0)
+    assert (t1["clean"]["iterations"], t1["clean"]["restarts"], t1["gaussian_noise_s3"]["iterations"]) == (0, 0, 0)
+    assert {r["protocol"] for r in final} == {"standard"}
     # re-running replaces the final rows instead of adding to them
     trials.evaluate_experiment(experiment, trial_ids=["t0"], front=False, subset=60, attacks=["fgsm"], device="cpu")
     evals = store.read_rows(experiment / store.EVALS)
@@ -124,7 +136,8 @@ def test_fronts_cover_an_earlier_evaluation(experiment):
     this one."""
     earlier = [schema.eval_row(experiment="exp", trial_id="t0", method="standard", dataset="digits",
                                stage=Stage.FINAL, epoch=schema.FINAL_EPOCH, attack=attack, family=attack,
-                               threat=threat, norm="linf", eps=0.2, accuracy=1.0, n=40, eot_samples=1, scoring_calls=1, seconds=1.0)
+                               threat=threat, norm="linf", eps=0.2, accuracy=1.0, n=40, eot_samples=1, scoring_calls=1,
+                               queries=0, restarts=1, iterations=1, protocol="standard", seconds=1.0)
                for attack, threat in (("clean", Threat.CLEAN), ("fgsm", Threat.SEEN), ("worst_seen", Threat.SEEN))]
     store.write_evals(experiment, store.read_rows(experiment / store.EVALS) + earlier)
     summary = trials.evaluate_experiment(experiment, trial_ids=["t1"], front=False, subset=40, attacks=["fgsm"],

@@ -26,7 +26,8 @@ def _row(**changes) -> dict:
 
 
 def _evals(final: bool = True, randomized: bool = False) -> list[dict]:
-    common = dict(experiment="e", trial_id="t3", method="pgd_at", dataset="digits", n=N, seconds=0.1)
+    common = dict(experiment="e", trial_id="t3", method="pgd_at", dataset="digits", n=N, seconds=0.1,
+                  queries=0, restarts=1, iterations=20, protocol="standard")
     rows = [schema.eval_row(**common, stage=Stage.TRIAL, epoch=e, attack=a, family="x", threat=Threat.SEEN,
                             norm="linf", eps=0.2, accuracy=acc, eot_samples=1, scoring_calls=1)
             for e, a, acc in [(1, "clean", 0.8), (1, "pgd20_linf", 0.4), (2, "clean", 0.9), (2, "pgd20_linf", 0.6)]]

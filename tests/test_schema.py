@@ -11,7 +11,8 @@ from raysearch.schema import Stage, Status, Threat
 def _eval(**changes):
     fields = dict(experiment="e", trial_id="t", method="pgd_at", dataset="digits", stage=Stage.FINAL,
                   epoch=schema.FINAL_EPOCH, attack="pgd_ce", family="pgd", threat=Threat.SEEN, norm="linf",
-                  eps=0.2, accuracy=0.5, n=100, eot_samples=1, scoring_calls=1, seconds=1.5)
+                  eps=0.2, accuracy=0.5, n=100, eot_samples=1, scoring_calls=1, queries=0, restarts=5,
+                  iterations=50, protocol="standard", seconds=1.5)
     return schema.eval_row(**{**fields, **changes})
 
 
@@ -101,3 +102,25 @@ def test_a_search_writes_every_declared_column_and_nothing_else(results_root):
             assert not extra, (exp_dir.name, fname, extra)
             never = [c for c in columns if c not in only_on_failure and frame[c].isna().all()]
             assert not never, (exp_dir.name, fname, never)
+
+
+def test_evals_rows_say_how_they_were_measured_and_older_files_still_read(tmp_path):
+    """queries, restarts, iterations and protocol are required of every evals row, protocol from
+    its vocabulary; a file written before them (schema 2) reads with them missing, as does a
+    trials file without masking_checks."""
+    import pandas as pd
+
+    row = _eval(protocol="rand", queries=1000, restarts=1, iterations=0)
+    assert row["protocol"] == schema.Protocol.RAND == "rand" and row["queries"] == 1000
+    with pytest.raises(ValueError):
+        _eval(protocol="ensemble")
+    fields = {k: v for k, v in _eval().items() if k not in ("schema_version", "protocol")}
+    with pytest.raises(TypeError, match="protocol"):
+        schema.eval_row(**fields)
+    assert schema.SCHEMA_VERSION == 3 and schema.TRIAL_COLUMNS["masking_checks"].kind == "str"
+    store.write_evals(tmp_path, [row])
+    assert store.read_rows(tmp_path / store.EVALS)[0]["protocol"] == "rand"
+    old = store.conform(pd.DataFrame({"trial_id": ["a"], "accuracy": [0.5], "eot_samples": [20]}), "evals")
+    assert old[["queries", "restarts", "iterations"]].isna().all().all() and old["protocol"].tolist() == [""]
+    old_trials = store.conform(pd.DataFrame({"trial_id": ["a"], "masking_flags": [""]}), "trials")
+    assert old_trials["masking_checks"].tolist() == [""]

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from raysearch import stats
 from raysearch.stats import accuracy_interval, successes_of, wilson
 
 
@@ -65,3 +66,20 @@ def test_the_half_widths_the_readme_quotes(n, half_at_half, half_at_ninety):
     for p, half in ((0.5, half_at_half), (0.9, half_at_ninety)):
         low, high = accuracy_interval(p, n)
         assert (high - low) / 2 == pytest.approx(half, abs=5e-4)
+
+
+@pytest.mark.parametrize("n, rate", [(40, 0.01), (360, 0.01), (1000, 0.02), (100, 0.3)])
+def test_count_limit_is_where_the_wilson_interval_leaves_the_base_rate(n, rate):
+    """A count above the limit has a 95% Wilson interval wholly above the base rate; a count at
+    or below it does not: the masking checks' limit and the reported intervals agree."""
+    limit = stats.count_limit(n, rate)
+    assert limit == pytest.approx(n * rate + 1.96 * math.sqrt(n * rate * (1 - rate)))
+    assert stats.wilson(limit + 1e-6, n)[0] > rate
+    assert stats.wilson(limit - 1e-6, n)[0] <= rate
+    assert stats.wilson(math.floor(limit), n)[0] <= rate < stats.wilson(math.floor(limit) + 1, n)[0]
+
+
+def test_a_zero_base_rate_lets_no_count_pass():
+    assert stats.count_limit(500, 0.0) == 0.0 and stats.wilson(1, 500)[0] > 0
+    with pytest.raises(ValueError):
+        stats.count_limit(10, 1.5)

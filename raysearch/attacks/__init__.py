@@ -9,8 +9,9 @@ restores them). The result is detached, in [0, 1], and within the attack's budge
 
 Threat labels (``raysearch.schema.Threat``) are relative to a trial's threat model, L∞ at
 ε_eval: SEEN attacks are L∞ at ε_eval; UNSEEN ones use another geometry (L2, flow, colour, DCT)
-or are natural corruptions; CHECK attacks exist for the gradient-masking checks (ε sweeps) and
-count in no robust number.
+or are natural corruptions (family "corruption": reported apart from the union over the unseen
+adversarial attacks, so that the unseen axis means the same for every method); CHECK attacks
+exist for the gradient-masking checks (ε sweeps) and count in no robust number.
 
 Budgets are plain data, ``(kind, factor)``: ``eps_eval`` (× the trial's L∞ radius),
 ``eps_eval_l2`` (× the data set's L2 radius), ``cifar`` (a CIFAR-scale value × the data set's

@@ -20,14 +20,16 @@ Honesty rules:
   get the attack settings of AutoAttack's rand version (see ``raysearch.attacks``).
 * An image's value under an attack is min(clean score, attacked score). Per family the number
   is the mean of the per-image minimum over the family's attacks and variants; over seen
-  attacks "worst_seen", over unseen attacks "union_unseen" (robust only if it survives every
-  unseen attack). Fronts per attack are drawn over every trial with final rows (``fronts``).
-* Gradient-masking checks, stored with the results: a gradient-free or transfer attack beating
-  every white-box attack, FGSM beating PGD, BPDA beating the real backward pass, CE-loss
-  attacks far weaker than margin/DLR ones (saturated CE, the Feature Scattering hazard),
-  accuracy not falling with ε or not reaching ~0 at ε = 1, randomness that the predictor does
-  not declare (two calls on the same input disagree), and the search's per-epoch proxy
-  overstating the final worst case by more than 10 points.
+  attacks "worst_seen", over the unseen adversarial attacks "union_unseen" (robust only if it
+  survives every one; the same set for every method: corruptions are "union_corruptions" and
+  "mean_corruption", a defense's own attacks their own families). Fronts per attack are drawn
+  over every trial with final rows (``fronts``).
+* Gradient-masking checks, stored with their counts (``checks``): per image, Square, transfer
+  or BPDA attacks fooling images that no white-box attack fools, PGD at ε = 1 leaving images
+  correct, zero input gradients and saturated softmax outputs; on accuracies, FGSM beating PGD,
+  CE-loss attacks far weaker than margin/DLR ones, accuracy not falling with ε and the search's
+  per-epoch proxy overstating the final worst case, each against its 95% interval; and
+  randomness that the predictor does not declare (two calls on the same input disagree).
 
 Robustness curve (``eps_list``, optional): the seen attacks of the suite (those with an ε_eval
 budget) run again at each further L∞ radius of the list, on the same images; a radius equal to
@@ -38,7 +40,8 @@ final_* columns, the tables and fronts) is computed exactly as without a curve.
 Results: one row per trial × attack in ``evals.parquet`` (stage "final", epoch −1; rows of the
 same trials from an earlier final evaluation are replaced, per-epoch rows are kept), and the
 columns ``final_clean_acc``, ``final_worst_seen``, ``final_union_unseen``, ``masking_flags``
-(';'-joined, '' if none) in ``trials.parquet``. Curve rows are named ``<attack>@<radius>``
+(';'-joined, '' if none) and ``masking_checks`` (JSON, every check with its count and limit) in
+``trials.parquet``. Curve rows are named ``<attack>@<radius>``
 (``raysearch.schema.curve_attack``): ``pgd_ce@0.1``, and ``worst_seen@0.1``, the per-image worst
 case over the seen attacks at 0.1, each with the radius in ``eps``. A plain name is always the
 ε_eval result, so a reader of ``attack == "worst_seen"`` cannot pick up another radius.
@@ -51,7 +54,7 @@ Modules (this package imports none of them, so a worker importing ``proxy`` load
 * ``runner`` — running the suite on one predictor (``evaluate_predictor``, ``PredictorReport``);
 * ``aggregates`` — per-family worst cases, worst_seen, union_unseen, mean corruption accuracy,
   worst_seen per radius of the curve;
-* ``checks`` — range and budget checks, the randomness check, the masking flags;
+* ``checks`` — range and budget checks, the randomness check, the masking checks and flags;
 * ``report`` — evals.parquet rows and printed tables;
 * ``candidates`` — which trials the suite attacks: front, band (default), all or K;
 * ``fronts`` — the fronts under the final attacks over every trial with stored final rows;

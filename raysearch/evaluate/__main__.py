@@ -1,6 +1,6 @@
 """The final evaluation's CLI: ``python -m raysearch.evaluate --experiment <storage>/<name>
 [--final-candidates front|band|all|K] [--trials ID ...] [--only-trials] [--subset N] [--eot N]
-[--attacks NAME|GROUP ...] [--eps-list EPS ...]``. ``--final-candidates`` picks the trials
+[--attacks NAME|GROUP ...] [--eps-list EPS ...] [--eval-memory SIZE]``. ``--final-candidates`` picks the trials
 (default: the rule the search recorded, else band: the proxy front and the trials near it).
 ``--eps-list`` adds a robustness curve: the seen attacks again at each L∞ radius, each radius
 one more run of the seen suite.
@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from raysearch import store
+from raysearch.attacks import memory
 from raysearch.evaluate import candidates
 from raysearch.evaluate.suite import GROUPS, EvalError, check_radii
 from raysearch.evaluate.trials import evaluate_experiment
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="L∞ radii in (0, 1] ([0, 1] pixel scale) of a robustness curve: the seen attacks run "
                         "again at each. Costly: every radius other than the trial's eps_eval is one more run of "
                         "the seen suite, which is most of the evaluation's time (k radii: about k+1 times as long)")
+    p.add_argument("--eval-memory", default=None, metavar="SIZE",
+                   help="memory the attacks may use, e.g. 2GB or 512MB (default: the search's recorded value, else "
+                        "80%% of the GPU's free memory; a quarter of the available RAM on CPU)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seed", type=int, default=0, help="seed of the test subset and of the attacks")
@@ -68,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         print("error: --batch-size must be >= 1", file=sys.stderr)
         return 2
+    try:
+        memory.parse_memory(args.eval_memory)
+    except memory.MemorySizeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.device:
         try:
             torch.device(args.device)
@@ -80,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                                       args.device, progress=lambda m: print(m, file=sys.stderr, flush=True),
                                       seed=args.seed, data_dir=args.data_dir, front=not args.only_trials,
                                       batch_size=args.batch_size, threads=args.threads, eps_list=eps_list,
-                                      final_candidates=args.final_candidates)
+                                      final_candidates=args.final_candidates, eval_memory=args.eval_memory)
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

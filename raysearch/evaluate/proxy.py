@@ -1,40 +1,144 @@
-"""The cheap per-epoch evaluation every trial reports: clean and L∞ PGD accuracy at ε_eval on a
-fixed validation subset. The attack is the registered PGD of the final suite
-(``raysearch.attacks``, cross-entropy, random start, step 2.5·ε/steps) with the proxy's steps
-and one restart, seeded, so the proxy never touches the training's random stream. Randomized
-predictors are attacked with EOT (gradients averaged over draws) and scored per call, as the
-final suite scores them (``raysearch.attacks.core.score_calls``): each image scores the
-fraction of fresh calls that answer correctly, clean and on its PGD image, and its robust value
-is the smaller of the two (the clean image is inside the ball). A deterministic predictor is
-scored on one call. This is a proxy for the search; the full suite runs after it
+"""The cheap per-epoch evaluation that steers the search: clean accuracy and the per-image worst
+case of L∞ PGD with cross-entropy and with the CW margin loss at ε_eval, on a fixed validation
+subset.
+
+Why both losses and both gradients: a proxy that runs cross-entropy PGD alone rewards what the
+search must not drift toward. Label smoothing (rvs's and atld's recipe) saturates the softmax,
+so the cross-entropy gradient vanishes while the margin loss still points across the boundary;
+a test-time step that clips its input (atld's IMT) zeroes the real gradient, while its BPDA
+pipeline (the step taken as the identity in the backward pass) does not. So every image is
+attacked with the registered ``pgd_cw`` and ``pgd_ce`` of the final suite (``raysearch.attacks``:
+random start, step 2.5·ε/steps, the proxy's steps, one restart), through the predictor's real
+backward pass and, where it has one, through its BPDA pipeline, and keeps its worst score.
+
+Scoring is per call, as the final suite scores (``raysearch.attacks.core.score_calls``): an
+image scores the fraction of ``pred.calls(eot)`` fresh calls that answer correctly, clean and
+on each attack's image (one call for a deterministic predictor), and its robust value is the
+minimum of its clean score and every attacked score. Randomized predictors are attacked with
+EOT gradients over the same number of calls. An attack runs only on the images whose worst
+score is still above 0, which changes no result (a minimum at 0 stays 0) and makes the later
+attacks cheap on weak models.
+
+The proxy draws no number from the training's random streams: attacks have their own seeded
+generators, and a randomized predictor's own draws come from the global streams forked and
+seeded for the evaluation, then restored, so training is the same whether or how often the
+proxy runs (``--eval-every``). This is a proxy for the search; the full suite runs after it
 (``raysearch.evaluate``).
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Callable, NamedTuple
+
 import torch
 
-from raysearch.attacks import ATTACKS, core
+from raysearch.attacks import ATTACKS, AttackSpec, core, memory
+from raysearch.evaluate.suite import BPDA
 from trainables.base import Predictor
 
-PROXY_ATTACK = "pgd_ce"  # the registry entry whose function (and loss) the proxy runs
+# the registry entries the proxy runs (margin first: on most models it fools more images, so
+# fewer are left for the next attack)
+PROXY_ATTACKS: tuple[str, ...] = ("pgd_cw", "pgd_ce")
+RESTARTS = 1  # per attack; for a randomized predictor the EOT draws stand in for restarts
+
+
+class ProxyRun(NamedTuple):
+    """One attack of the proxy against one model: the predictor or its BPDA pipeline."""
+
+    name: str  # registry name, BPDA appended for the BPDA pipeline
+    attack: AttackSpec
+    target: Callable
+
+
+class ProxyScores(NamedTuple):
+    """Per image: the fraction of scoring calls correct clean, and the worst of that and every
+    attacked fraction (for a deterministic predictor 0 or 1)."""
+
+    clean: torch.Tensor
+    robust: torch.Tensor
+
+
+def proxy_runs(pred: Predictor, attacks: tuple[str, ...] = PROXY_ATTACKS) -> list[ProxyRun]:
+    """The proxy's attacks against ``pred``: each through the real backward pass, then each
+    through the BPDA pipeline where the predictor has one."""
+    runs = [ProxyRun(name, ATTACKS[name], pred.model) for name in attacks]
+    if pred.bpda is not None:
+        runs += [ProxyRun(name + BPDA, ATTACKS[name], pred.bpda) for name in attacks]
+    return runs
+
+
+def proxy_scores(pred: Predictor, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, eot: int,
+                 batch_size: int = 256, seed: int = 0, attacks: tuple[str, ...] = PROXY_ATTACKS) -> ProxyScores:
+    """Per-image clean and worst-case scores (see the module docstring). ``eot``: random draws
+    per gradient; a randomized predictor is called ``pred.calls(eot)`` times per gradient and as
+    many times per score. ``attacks``: registry names (the proxy's by default)."""
+    calls = pred.calls(eot)
+    runs = proxy_runs(pred, attacks)
+    clean_parts, robust_parts = [], []
+    with _seeded_draws(x.device, seed):
+        for i in range(0, len(y), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            clean = core.fraction_correct(pred.model, xb, yb, calls)
+            worst = clean.clone()
+            if eps > 0:  # at ε 0 every attacked image is the clean one
+                for r, run in enumerate(runs):
+                    alive = (worst > 0).nonzero().squeeze(1)
+                    if not len(alive):
+                        break
+                    params = {**run.attack.params, "steps": steps, "restarts": RESTARTS}
+                    with torch.enable_grad():
+                        x_adv = run.attack.fn(run.target, xb[alive], yb[alive], eps, eot=calls,
+                                              seed=(seed * 100003 + i) * 16 + r, **params)
+                    attacked = core.fraction_correct(pred.model, x_adv, yb[alive], calls)
+                    worst[alive] = torch.minimum(worst[alive], attacked)
+            clean_parts.append(clean)
+            robust_parts.append(worst)
+    if not clean_parts:
+        empty = torch.zeros(0, device=x.device)
+        return ProxyScores(empty, empty)
+    return ProxyScores(torch.cat(clean_parts), torch.cat(robust_parts))
 
 
 def proxy_eval(pred: Predictor, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, eot: int,
-               batch_size: int = 256, seed: int = 0) -> tuple[float, float, float]:
-    """(clean, robust, n) summed over the images: per image the fraction of scoring calls
-    correct clean, and min(that, the fraction correct on its PGD image); for a deterministic
-    predictor the counts of correct images. ``eot``: random draws per gradient; a randomized
-    predictor is called ``pred.calls(eot)`` times per gradient and as many times to score."""
-    attack = ATTACKS[PROXY_ATTACK]
-    params = {**attack.params, "steps": steps, "restarts": 1}
-    calls = pred.calls(eot)
-    clean = robust = 0.0
-    for i in range(0, len(y), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        clean_score = core.fraction_correct(pred.model, xb, yb, calls)
-        with torch.enable_grad():
-            x_adv = attack.fn(pred.model, xb, yb, eps, eot=calls, seed=seed * 100003 + i, **params)
-        attacked = core.fraction_correct(pred.model, x_adv, yb, calls)
-        clean += clean_score.sum().item()
-        robust += torch.minimum(clean_score, attacked).sum().item()
-    return clean, robust, float(len(y))
+               batch_size: int = 256, seed: int = 0, attacks: tuple[str, ...] = PROXY_ATTACKS,
+               eval_memory: str = "") -> tuple[float, float, float]:
+    """(clean, robust, n) summed over the images, so that workers' shards add up: per image the
+    fraction of scoring calls correct clean, and its worst score over clean and every proxy
+    attack (``proxy_scores``); for a deterministic predictor the counts of correct images.
+    On a GPU, or with an ``eval_memory`` budget (``--eval-memory``), the image-calls stacked per
+    forward/backward follow the memory plan (``raysearch.attacks.memory``); on the CPU without
+    a budget the probe is skipped (its tracker costs seconds of imports per worker)."""
+    if x.device.type == "cuda" or eval_memory:
+        with memory.planned(pred, x[:1], eval_memory, held=batch_size):
+            s = proxy_scores(pred, x, y, eps, steps, eot, batch_size, seed, attacks)
+    else:
+        s = proxy_scores(pred, x, y, eps, steps, eot, batch_size, seed, attacks)
+    return s.clean.sum().item(), s.robust.sum().item(), float(len(y))
+
+
+@contextlib.contextmanager
+def _seeded_draws(device: torch.device, seed: int):
+    """The global random streams of the CPU and of ``device`` forked, seeded with ``seed`` for
+    the block (a randomized predictor draws from them), and restored after it."""
+    cuda = device.type == "cuda"
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    with torch.random.fork_rng(devices=[index] if cuda else []):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
+
+
+def proxy_due(epoch: int, epochs: int, every: int) -> bool:
+    """Whether the proxy runs after ``epoch`` (counted from 1) of ``epochs``: every ``every``
+    epochs and always after the last, whose values the search is told."""
+    return epoch % max(every, 1) == 0 or epoch >= epochs
+
+
+def default_eval_every(randomized: bool, epochs: int, scheduler: str = "none") -> int:
+    """``--eval-every``'s default: every epoch, except for a randomized defense without an
+    early-stopping scheduler, whose proxy runs after the last epoch only. Only the last epoch's
+    values steer Optuna; the epochs before feed progress, curves and a scheduler. A randomized
+    proxy multiplies every attack step by its EOT draws (atop's costs tens of its epochs at
+    EOT 10, bench/proxy_cost.py), so it runs where it counts."""
+    return 1 if scheduler != "none" or not randomized else max(epochs, 1)

@@ -3,6 +3,11 @@ gathers them with the aggregates, the masking flags and the robustness curve (th
 at further L∞ radii, kept apart from the ε_eval results so that no number at ε_eval changes).
 Plain data; no attack runs here.
 
+Each result also says how it was measured (``iterations``, ``restarts``, ``queries``: the
+evals.parquet columns of the same names; the report's ``protocol`` holds for all of its rows),
+and the report keeps the per-image signs the masking checks count (``no_gradient``,
+``saturated``) and the checks themselves (``checks``, ``raysearch.evaluate.checks``).
+
 Per-image values are per-call scores: the fraction of the report's ``scoring_calls`` fresh
 calls that answered correctly (0 or 1 for a deterministic predictor, scored on one call). A
 randomized predictor's ensemble vote over those calls is kept apart (``clean_ensemble``,
@@ -14,7 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from raysearch.schema import curve_attack
+from raysearch.schema import Protocol, curve_attack
+
+UNKNOWN = -1  # iterations, restarts or queries of an attack whose settings the suite does not see
 
 
 @dataclass
@@ -33,10 +40,34 @@ class AttackResult:
     scoring_calls: int = 1  # fresh predictor calls that score each image
     # randomized predictors only: bool per image, the vote of the scoring calls correct clean and attacked
     ensemble: torch.Tensor | None = None
+    iterations: int = 0  # gradient or optimization steps per run (0: none; UNKNOWN)
+    restarts: int = 1  # runs per image (× targets of a targeted attack; UNKNOWN)
+    queries: int = 0  # predictor queries per image of a gradient-free search (0: none; UNKNOWN)
+    defense: bool = False  # one of the defense's own attacks: reported apart from the unseen union
 
     @property
     def accuracy(self) -> float:
         return float(self.robust.float().mean()) if len(self.robust) else math.nan
+
+
+@dataclass(frozen=True)
+class Check:
+    """One masking check: ``count`` of the ``n`` images show its sign; it fires when the count
+    is above ``limit``, the most that noise explains (``raysearch.evaluate.checks``)."""
+
+    count: int
+    n: int
+    limit: float
+    what: str  # one line: which images are counted
+
+    @property
+    def fired(self) -> bool:
+        return self.count > self.limit
+
+    def as_dict(self) -> dict:
+        """The JSON form stored in trials.parquet's ``masking_checks``."""
+        return {"count": self.count, "n": self.n, "limit": round(self.limit, 3), "fired": self.fired,
+                "what": self.what}
 
 
 @dataclass
@@ -59,6 +90,15 @@ class PredictorReport:
     clean_ensemble: torch.Tensor | None = None
     # randomized predictors only: "clean_ensemble", "worst_seen_ensemble" -> accuracy of the vote
     ensemble: dict[str, float] = field(default_factory=dict)
+    # per image, on the clean images: no input gradient of the loss reaches the input (bool), and
+    # the softmax is saturated (bool); None where not measured
+    no_gradient: torch.Tensor | None = None
+    saturated: torch.Tensor | None = None
+    checks: dict[str, Check] = field(default_factory=dict)  # masking check name -> its count and limit
+
+    @property
+    def protocol(self) -> Protocol:
+        return Protocol.RAND if self.randomized else Protocol.STANDARD
 
     @property
     def clean_acc(self) -> float:

@@ -11,6 +11,7 @@ The robustness curve (``eps_list``): the suite's seen attacks whose budget is ε
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -99,6 +100,27 @@ class AttackRun:
     def __call__(self, model: Callable, x: torch.Tensor, y: torch.Tensor, eps: float, *, eot: int,
                  seed: int) -> torch.Tensor:
         return attacks.run(self.attack, model, x, y, eps, eot=eot, seed=seed, randomized=self.randomized)
+
+    @property
+    def settings(self) -> tuple[int, int, int]:
+        """(iterations, restarts, queries) per image as this run spends them (see ``settings``)."""
+        return settings(self.attack, self.randomized)
+
+
+def settings(attack: AttackSpec, randomized: bool = False) -> tuple[int, int, int]:
+    """(iterations, restarts, queries) per image of ``attack`` with its registered parameters
+    (``randomized``: with its overrides for randomized predictors) over its function's defaults:
+    iterations are ``steps`` or ``n_iter`` (a gradient attack without either takes one step,
+    FGSM; a gradient-free one none), restarts are ``restarts`` × ``n_targets`` targets, queries
+    are ``n_queries`` (0 where none applies)."""
+    params = {name: p.default for name, p in inspect.signature(attack.fn).parameters.items()
+              if p.default is not inspect.Parameter.empty}
+    params.update(attack.params)
+    if randomized and attack.randomized is not None:
+        params.update(attack.randomized)
+    iterations = params.get("steps", params.get("n_iter", 1 if attack.gradient else 0))
+    restarts = params.get("restarts", 1) * max(1, params.get("n_targets", 0))
+    return int(iterations), int(restarts), int(params.get("n_queries", 0))
 
 
 def attack_runs(suite: Iterable[AttackSpec], pred: Predictor, spec: DataSpec, eps_eval: float,

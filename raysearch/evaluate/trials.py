@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from raysearch import store
-from raysearch.attacks import AttackSpec
+from raysearch.attacks import AttackSpec, memory
 from raysearch.evaluate import candidates, checks, fronts, report
 from raysearch.evaluate.results import PredictorReport
 from raysearch.evaluate.runner import evaluate_predictor
@@ -53,6 +53,7 @@ class TrialJob:
     threads: int | None
     subset_n: int  # test images the subset holds (subset capped at the split's size)
     eps_list: tuple[float, ...] = ()  # L∞ radii of the robustness curve ([0, 1] pixel scale)
+    eval_memory: str = ""  # memory budget of the attacks ("2GB"); "": from the device (raysearch.attacks.memory)
 
 
 @dataclass
@@ -101,7 +102,7 @@ def _checkpoint_folder(exp_dir: Path, row: dict) -> Path:
 
 
 def plan(exp_dir: Path, trial_ids, subset, eot, attacks, seed, data_dir, front, batch_size, device,
-         threads, eps_list=(), final_candidates: str | None = None
+         threads, eps_list=(), final_candidates: str | None = None, eval_memory: str | None = None
          ) -> tuple[list[TrialJob], list[dict], candidates.Selection | None]:
     """Validate the request and list the trials to evaluate: the candidates of the
     ``final_candidates`` rule (none unless ``front``), then ``trial_ids``.
@@ -118,6 +119,10 @@ def plan(exp_dir: Path, trial_ids, subset, eot, attacks, seed, data_dir, front, 
     if eot < 1:
         raise EvalError(f"eot must be >= 1, got {eot}")
     expand_attacks(attacks)  # unknown names fail here, before any work
+    try:  # the budget asked for, else the one the search recorded, else planned from the device
+        eval_memory = memory.check_memory(recorded.get("eval_memory", "") if eval_memory is None else eval_memory)
+    except memory.MemorySizeError as e:
+        raise EvalError(str(e)) from None
     eps_list = check_radii(eps_list)
     try:  # the rule asked for, else the one the search recorded, else band (recorded before the option)
         rule = candidates.parse_rule(final_candidates or recorded.get("final_candidates") or candidates.DEFAULT_RULE)
@@ -151,7 +156,7 @@ def plan(exp_dir: Path, trial_ids, subset, eot, attacks, seed, data_dir, front, 
     n = min(subset, len(data.test))
     attacks = None if attacks is None else tuple(attacks)
     jobs = [TrialJob(tid, by_id[tid], str(exp_dir.resolve()), dataset, data_dir, subset, eot, attacks, seed,
-                     batch_size, device, threads, n, eps_list) for tid in ids]
+                     batch_size, device, threads, n, eps_list, eval_memory) for tid in ids]
     return jobs, rows, selection
 
 
@@ -180,11 +185,13 @@ def evaluate_trial(job: TrialJob, progress: Callable[[str], None] | None = None)
             progress(f"trial {tid} ({row.get('method')}): {len(y)} test images, eps_eval {eps_eval:.4g}")
         rep = evaluate_predictor(pred, x, y, spec, eps_eval=eps_eval, attacks=suite, eot=job.eot, seed=job.seed,
                                  surrogate=nets.get("classifier"), extra=extra, batch_size=job.batch_size,
-                                 progress=progress, eps_list=job.eps_list)
+                                 progress=progress, eps_list=job.eps_list, eval_memory=job.eval_memory or None)
     finally:
         torch.set_num_threads(before)
-    if checks.proxy_overstates(row.get("robust_acc"), rep.accuracy("worst_seen")):
-        rep.flags.append(checks.FLAG_PROXY)
+    proxy = checks.proxy_check(row.get("robust_acc"), row.get("eval_n"), rep.accuracy("worst_seen"), rep.n)
+    if proxy is not None:
+        rep.checks[checks.FLAG_PROXY] = proxy
+        rep.flags += checks.fired({checks.FLAG_PROXY: proxy})
     base = {"experiment": row.get("experiment") or Path(job.exp_dir).name, "trial_id": tid,
             "method": row.get("method"), "dataset": job.dataset}
     return TrialOutcome(tid, rep, report.report_rows(rep, base), report.format_table(tid, row.get("method", ""), rep),
@@ -210,7 +217,7 @@ def evaluate_experiment(exp_dir, trial_ids: Iterable[str] | None = None, subset:
                         batch_size: int = 500, threads: int | None = None,
                         runner: Callable[[list[TrialJob]], Iterable[TrialOutcome]] | None = None,
                         eps_list: Iterable[float] = (), final_candidates: str | None = None,
-                        ) -> dict[str, Any]:
+                        eval_memory: str | None = None) -> dict[str, Any]:
     """Run the suite on the candidates (``front``) plus ``trial_ids``; write the results;
     return a summary: {"trials": {id: {...}}, "fronts": {attack: [ids]}, "hypervolume": {...},
     "candidates": why these trials (one line; '' without ``front``), "subset", "eot",
@@ -218,7 +225,9 @@ def evaluate_experiment(exp_dir, trial_ids: Iterable[str] | None = None, subset:
     earlier evaluations' included.
 
     ``final_candidates``: front, band, all or K (``raysearch.evaluate.candidates``); default the
-    rule the experiment recorded, else band. ``threads``: torch intra-op threads
+    rule the experiment recorded, else band. ``eval_memory``: the attacks' memory budget ("2GB";
+    default the one the experiment recorded, else planned from the device's free memory,
+    ``raysearch.attacks.memory``). ``threads``: torch intra-op threads
     while a trial is evaluated (restored after); 1 is much faster for small models on a busy
     CPU, where threads of one operator wait for each other.
 
@@ -237,7 +246,8 @@ def evaluate_experiment(exp_dir, trial_ids: Iterable[str] | None = None, subset:
     t_start = time.perf_counter()
     exp_dir = Path(exp_dir)
     jobs, rows, selection = plan(exp_dir, trial_ids, subset, eot, attacks, seed, data_dir, front, batch_size,
-                                 None if device is None else str(device), threads, eps_list, final_candidates)
+                                 None if device is None else str(device), threads, eps_list, final_candidates,
+                                 eval_memory)
     why = f"{len(selection.ids)} candidate(s): {selection.describe()}" if selection else ""
     if progress and why:
         progress(why)
@@ -251,11 +261,17 @@ def evaluate_experiment(exp_dir, trial_ids: Iterable[str] | None = None, subset:
     return {**summary, "candidates": why}
 
 
+def checks_json(rep: PredictorReport) -> dict[str, dict]:
+    """The report's masking checks as trials.parquet's ``masking_checks`` holds them:
+    {name: {count, n, limit, fired, what}}."""
+    return {name: check.as_dict() for name, check in rep.checks.items()}
+
+
 def write_results(exp_dir: Path, rows: list[dict], outcomes: list[TrialOutcome], subset_n: int, eot: int,
                   seconds: float) -> dict[str, Any]:
-    """Store every successful outcome (evals.parquet rows replaced per trial, final_* columns in
-    trials.parquet) and build the summary; failed trials keep their earlier results and are
-    listed under "failed". The fronts are computed over the final rows read back from
+    """Store every successful outcome (evals.parquet rows replaced per trial; final_* columns,
+    masking_flags and masking_checks in trials.parquet) and build the summary; failed trials
+    keep their earlier results and are listed under "failed". The fronts are computed over the final rows read back from
     evals.parquet: every trial evaluated so far, this evaluation's trials first."""
     reports = {o.trial_id: o.report for o in outcomes if o.report is not None}
     failed = {o.trial_id: o.error for o in outcomes if o.report is None}
@@ -271,6 +287,7 @@ def write_results(exp_dir: Path, rows: list[dict], outcomes: list[TrialOutcome],
             r["final_worst_seen"] = rep.accuracy("worst_seen")
             r["final_union_unseen"] = rep.accuracy("union_unseen")
             r["masking_flags"] = ";".join(rep.flags)
+            r["masking_checks"] = json.dumps(checks_json(rep))
     store.write_trials(exp_dir, rows)
 
     everything = fronts.evaluated(store.read_rows(exp_dir / store.EVALS), [o.trial_id for o in outcomes])
@@ -279,7 +296,7 @@ def write_results(exp_dir: Path, rows: list[dict], outcomes: list[TrialOutcome],
     return {
         "trials": {tid: {"method": by_id[tid].get("method"), "clean_acc": rep.clean_acc,
                          "worst_seen": rep.accuracy("worst_seen"), "union_unseen": rep.accuracy("union_unseen"),
-                         "flags": list(rep.flags),
+                         "flags": list(rep.flags), "checks": checks_json(rep),
                          "attacks": {r.attack: r.accuracy for r in rep.results},
                          "aggregates": {k: v[2] for k, v in rep.aggregates.items()},
                          "curve": rep.robustness_curve()}

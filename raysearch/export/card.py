@@ -28,7 +28,8 @@ SUBSET_SEED = 0  # the final evaluation's default --seed: its test subset is eva
 WHAT = {
     "clean": "clean accuracy on the test subset",
     "worst_seen": "per image, correct clean and under every seen attack (the suite's L∞ attacks at eps)",
-    "union_unseen": "per image, correct clean and under every unseen attack (other geometries, corruptions)",
+    "union_unseen": "per image, correct clean and under every unseen adversarial attack (L2, flow, colour, "
+                    "JPEG; not corruptions)",
     "clean_per_draw": "mean accuracy of single calls (one random draw each), clean",
 }
 

@@ -29,6 +29,7 @@ def final_evaluation(exp: ExperimentConfig) -> None:
         summary = eval_trials.evaluate_experiment(
             exp.exp_dir, subset=exp.final_eval_size, eot=exp.eot_samples, data_dir=exp.data_dir,
             runner=ray_runner(exp), eps_list=exp.eps_list, final_candidates=exp.final_candidates,
+            eval_memory=exp.eval_memory,
             # one intra-op thread per CPU: on a busy CPU the suite ran ~9x faster with one than
             # with torch's default
             threads=None if exp.gpus_per_worker else max(1, int(exp.cpus_per_worker)))
