@@ -54,7 +54,7 @@ def assert_epochs_once(exp_dir: Path, trial_ids, epochs: int) -> None:
     keys = [(r["trial_id"], r["epoch"], r["attack"]) for r in rows(exp_dir, store.EVALS)]
     assert len(keys) == len(set(keys)), "an epoch was recorded twice"
     assert sorted(keys) == sorted((t, e, a) for t in trial_ids for e in range(1, epochs + 1)
-                                  for a in ("clean", "pgd5_linf"))
+                                  for a in ("clean", "proxy_robust"))
 
 
 # ---------------------------------------------------------------- Ray Train worker failure
@@ -378,6 +378,6 @@ def test_resume_records_each_epoch_once_including_one_in_flight_at_the_kill(tmp_
                                                "robust_acc": 0.1, "wall_s": 1.0, "history_json": json.dumps(history)})
     evals = store.read_rows(tmp_path / store.EVALS)
     assert sorted((r["epoch"], r["attack"], r["accuracy"]) for r in evals) == [
-        (1, "clean", 0.5), (1, "pgd5_linf", 0.1), (2, "clean", 0.7), (2, "pgd5_linf", 0.1)]
+        (1, "clean", 0.5), (1, "proxy_robust", 0.1), (2, "clean", 0.7), (2, "proxy_robust", 0.1)]
     (row,) = store.read_rows(tmp_path / store.TRIALS)
     assert row["status"] == Status.COMPLETED and row["epochs"] == 2

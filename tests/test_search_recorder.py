@@ -49,14 +49,38 @@ def test_an_epoch_updates_the_row_and_adds_its_two_proxy_rows(started, capsys):
     assert row["nodes"] == "127.0.0.1" and row["node_ids"] == "n1" and row["resumed_from"] == 0
     assert row["startup_s"] == pytest.approx(2)
     evals = {r["attack"]: r for r in store.read_rows(exp_dir / store.EVALS)}
-    assert set(evals) == {"clean", "pgd5_linf"}
-    clean, pgd = evals["clean"], evals["pgd5_linf"]
+    assert set(evals) == {"clean", "proxy_robust"}
+    clean, pgd = evals["clean"], evals["proxy_robust"]
     assert (clean["stage"], clean["epoch"], clean["threat"], clean["norm"], clean["accuracy"]) == (
         "trial", 1, "clean", "none", 0.5)
     assert math.isnan(clean["eps"]) and clean["n"] == 60 and clean["seconds"] == 0.5
     assert (pgd["family"], pgd["threat"], pgd["norm"], pgd["eps"], pgd["accuracy"]) == (
-        "pgd", "seen", "linf", 0.2, 0.25)
+        "proxy", "seen", "linf", 0.2, 0.25)
     assert "trial t1 epoch 1/3: clean 0.500  robust 0.250" in capsys.readouterr().out
+
+
+def test_proxy_rows_say_how_the_proxy_measured(started):
+    """Steps and restarts as the worker reports them (the experiment's --eval-steps and one
+    restart where it does not), no queries, and the rand protocol for a randomized predictor
+    (more than one draw per gradient). An epoch that re-reports an earlier proxy
+    (``proxy_epoch``) lands on that epoch's rows instead of adding a copy."""
+    callback, trial, exp_dir = started
+    callback.on_trial_result(1, [trial], trial, EPOCH)
+    evals = {r["attack"]: r for r in store.read_rows(exp_dir / store.EVALS)}
+    spent = {name: (r["iterations"], r["restarts"], r["queries"], r["protocol"]) for name, r in evals.items()}
+    assert spent == {"clean": (0, 0, 0, "standard"), "proxy_robust": (5, 1, 0, "standard")}
+    rand = {**EPOCH, "epoch": 2, "eval_eot": 10, "eval_calls": 10, "eval_iterations": 7, "eval_restarts": 2}
+    callback.on_trial_result(2, [trial], trial, rand)
+    pgd = {(r["epoch"], r["attack"]): r for r in store.read_rows(exp_dir / store.EVALS)}[(2, "proxy_robust")]
+    assert (pgd["iterations"], pgd["restarts"], pgd["protocol"], pgd["scoring_calls"]) == (7, 2, "rand", 10)
+    callback.on_trial_result(3, [trial], trial, {**rand, "epoch": 3, "proxy_epoch": 2})
+    assert sorted({r["epoch"] for r in store.read_rows(exp_dir / store.EVALS)}) == [1, 2]
+    # before its first measurement a trial reports proxy_epoch 0 and NaN accuracies: no rows
+    other = SimpleNamespace(trial_id="t2", config={"eps_train": 0.1, "lr": 0.05})
+    callback.on_trial_start(4, [trial, other], other)
+    callback.on_trial_result(4, [trial, other], other, {**EPOCH, "proxy_epoch": 0, "clean_acc": math.nan,
+                                                        "robust_acc": math.nan, "eval_n": 0})
+    assert not [r for r in store.read_rows(exp_dir / store.EVALS) if r["trial_id"] == "t2"]
 
 
 def test_the_proxy_accuracies_are_stored_with_their_n_and_interval(started):

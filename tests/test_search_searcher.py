@@ -51,3 +51,37 @@ def test_a_failed_or_non_finite_trial_is_told_fail_with_its_reason(tmp_path):
     assert trials[0].values == [0.9, 0.4]
     assert [t.user_attrs.get("fail_reason") for t in trials] == [
         None, "diverged: loss", "non-finite objective", "the trial raised"]
+
+
+def test_a_trial_the_scheduler_stopped_is_told_pruned_without_values(tmp_path):
+    """A trial that ends on an epoch's report (no driver's final report) was stopped early: its
+    accuracies are those of a shorter run, so Optuna is told PRUNED, not COMPLETE with them."""
+    searcher = _searcher(tmp_path / "optuna.db")
+    for trial_id in "abc":
+        searcher.suggest(trial_id)
+    searcher.on_trial_complete("a", {"final": True, "epoch": 4, "clean_acc": 0.9, "robust_acc": 0.4,
+                                     "status": Status.COMPLETED})
+    searcher.on_trial_complete("b", {"epoch": 1, "clean_acc": 0.5, "robust_acc": 0.1, "done": True})
+    searcher.on_trial_complete("c", {"epoch": 1, "clean_acc": 0.5, "robust_acc": 0.1}, error=True)
+    trials = sorted(searcher._ot_study.get_trials(), key=lambda t: t.number)
+    State = optuna.trial.TrialState
+    assert [t.state for t in trials] == [State.COMPLETE, State.PRUNED, State.FAIL]
+    assert trials[1].values is None and trials[1].user_attrs["stopped_at_epoch"] == 1
+    # the Pareto front Optuna reports is made of complete trials only
+    assert [t.number for t in searcher._ot_study.best_trials] == [0]
+
+
+def test_the_gp_sampler_models_complete_trials_only(tmp_path):
+    """Pruned trials are no observations for the GP: with one complete trial of the two it needs,
+    any number of pruned ones leave it sampling at random (an empty relative sample)."""
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    space = {"lr": optuna.distributions.FloatDistribution(0.01, 0.1, log=True)}
+    sampler = optuna.samplers.GPSampler(seed=0, n_startup_trials=2)
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.05}, distributions=space, values=[0.9, 0.4]))
+    for lr in (0.02, 0.03, 0.04):
+        study.add_trial(optuna.trial.create_trial(params={"lr": lr}, distributions=space,
+                                                  state=optuna.trial.TrialState.PRUNED))
+    probe = study.ask()
+    assert sampler.sample_relative(study, study._storage.get_trial(probe._trial_id), space) == {}
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.02}, distributions=space, values=[0.8, 0.5]))
+    assert set(sampler.sample_relative(study, study._storage.get_trial(probe._trial_id), space)) == {"lr"}

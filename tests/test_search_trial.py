@@ -1,14 +1,13 @@
-"""One trial of a search (raysearch.search.trial): what its Train workers are given, and the
-scalar an early-stopping scheduler ranks it by. A trial run for real is in test_tune."""
+"""One trial of a search (raysearch.search.trial): what its Train workers are given. A MO-PBT
+clone's Train run is in test_search_mopbt; a trial run for real is in test_tune."""
 from __future__ import annotations
 
-import math
 import pickle
 import subprocess
 import sys
 
 from raysearch.config import ExperimentConfig
-from raysearch.search.trial import _product, loop_config
+from raysearch.search.trial import loop_config
 from tests.conftest import ROOT
 
 
@@ -26,9 +25,3 @@ def test_the_train_controller_unpickles_the_loop_config_without_torch(tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == f"{exp!r} {{'eps_train': 0.1}} t1"  # the experiment config itself, whole
     assert lines[-1] == "[]"
-
-
-def test_the_scheduler_metric_is_the_product_of_the_accuracies():
-    assert _product(0.5, 0.25) == 0.125
-    assert math.isnan(_product(None, 0.3)) and math.isnan(_product(0.3, None))
-    assert math.isnan(_product(math.nan, 0.3))

@@ -16,7 +16,8 @@ import ray.tune
 from raysearch import data as data_mod
 from raysearch import schema, store, trial_io
 from raysearch.config import ExperimentConfig, trial_config
-from raysearch.schema import Stage, Status, Threat
+from raysearch.schema import Protocol, Stage, Status, Threat
+from raysearch.search.schedulers import CLONE_KEY
 from raysearch.search.searcher import INTERRUPTED
 
 
@@ -25,6 +26,14 @@ def _eval_n(result: dict, row: dict) -> int | None:
     count where the result has none)."""
     n = result.get("eval_n")
     return row.get("eval_n") if n is None else int(n)
+
+
+def _seconds(value) -> float:
+    """A stored number of seconds, 0 where there is none (None or NaN)."""
+    return value if value is not None and math.isfinite(value) else 0.0
+
+
+PROXY_ROW = "proxy_robust"  # evals.parquet attack of the proxy's robust rows
 
 
 class StoreCallback(ray.tune.Callback):
@@ -39,6 +48,7 @@ class StoreCallback(ray.tune.Callback):
             (r["trial_id"], r["stage"], r["epoch"], r["attack"]): r for r in store.read_rows(exp_dir / store.EVALS)}
         self.t0 = time.time()
         self.reconciled = False
+        self.run_started: dict[str, float] = {}  # when each trial's current driver run started
 
     def on_step_begin(self, iteration, trials, **info):
         """Once, after --resume: a trial still marked running that the restored search does not
@@ -57,17 +67,40 @@ class StoreCallback(ray.tune.Callback):
         row = self.trials.get(trial.trial_id)
         if row is None:
             exp = self.exp
-            spec = data_mod.describe(exp.dataset, exp.data_dir, exp.eps_eval)
-            cfg = trial_config(exp.method, spec, trial.config, dict(exp.sets), exp.max_epochs, exp.arch)
             row = schema.trial_row(experiment=exp.name, trial_id=trial.trial_id, method=exp.method,
                                    dataset=exp.dataset, arch=exp.arch, eps_eval=exp.eps_eval,
                                    num_workers=exp.workers_per_trial, started_at=time.time(),
-                                   config=dataclasses.asdict(cfg))
+                                   config=self._config(trial.config))
+            row["scheduler"] = exp.scheduler
             self.trials[trial.trial_id] = row
+        self._lineage(row, trial.config)
         return row
+
+    def _config(self, config: dict) -> dict:
+        """The trial's full method config from its sampled (or, MO-PBT, evolved) values."""
+        exp = self.exp
+        spec = data_mod.describe(exp.dataset, exp.data_dir, exp.eps_eval)
+        sampled = {k: v for k, v in config.items() if k != CLONE_KEY}
+        return dataclasses.asdict(trial_config(exp.method, spec, sampled, dict(exp.sets), exp.max_epochs, exp.arch))
+
+    def _lineage(self, row: dict, config: dict):
+        """After a MO-PBT clone: the trial's hyperparameters are now the perturbed ones, and its
+        lineage columns say whose checkpoint it took at which epoch and what changed."""
+        lineage = (config.get(CLONE_KEY) or {}).get("lineage") or []
+        if json.dumps(lineage) == row.get("lineage_json"):
+            return
+        if row["trial_id"] in self.run_started:
+            # the run before the clone counts in the trial's time: kept in wall_s until it ends
+            row["wall_s"] = _seconds(row.get("wall_s")) + time.time() - self.run_started[row["trial_id"]]
+        cfg = self._config(config)
+        row.update({f"{schema.HP_PREFIX}{k}": v for k, v in cfg.items() if isinstance(v, (int, float, str, bool))})
+        row.update(config_json=json.dumps(cfg, default=str), lineage_json=json.dumps(lineage),
+                   parent_trial_id=lineage[-1]["parent"] if lineage else "",
+                   cloned_at_epoch=int(lineage[-1]["epoch"]) if lineage else 0)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._row(trial)
+        self.run_started[trial.trial_id] = time.time()
         self._write()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -88,19 +121,31 @@ class StoreCallback(ray.tune.Callback):
         self._write()
 
     def _record_epoch(self, trial_id: str, result: dict):
-        exp, epoch = self.exp, int(result["epoch"])
+        """The proxy's rows of one epoch's result, keyed by the epoch the proxy last ran after
+        (``proxy_epoch``; with ``--eval-every`` an epoch without a proxy re-reports the last one,
+        which lands on the same rows; 0: none measured yet, no rows). Each row says how the proxy
+        measured: PGD steps and restarts per attack, EOT draws, scoring calls, and the rand
+        protocol where the predictor is randomized (more than one draw per gradient)."""
+        exp = self.exp
+        epoch = int(result.get("proxy_epoch", result["epoch"]))
+        if epoch < 1:
+            return
+        eot = int(result.get("eval_eot", 1))
         common = dict(experiment=exp.name, trial_id=trial_id, method=exp.method, dataset=exp.dataset,
-                      stage=Stage.TRIAL, epoch=epoch, n=int(result.get("eval_n", 0)),
-                      eot_samples=int(result.get("eval_eot", 1)),
-                      scoring_calls=int(result.get("eval_calls", 1)), seconds=float(result.get("eval_s", math.nan)))
+                      stage=Stage.TRIAL, epoch=epoch, n=int(result.get("eval_n", 0)), eot_samples=eot,
+                      scoring_calls=int(result.get("eval_calls", 1)), queries=0,
+                      protocol=Protocol.RAND if eot > 1 else Protocol.STANDARD,
+                      seconds=float(result.get("eval_s", math.nan)))
         self.evals[(trial_id, Stage.TRIAL, epoch, "clean")] = schema.eval_row(
             **common, attack="clean", family="clean", threat=Threat.CLEAN, norm="none", eps=math.nan,
-            accuracy=result["clean_acc"])
-        # keyed by the stored attack name, as the rows read back on --resume are
-        attack = f"pgd{exp.eval_steps}_linf"
+            accuracy=result["clean_acc"], restarts=0, iterations=0)
+        # keyed by the stored attack name, as the rows read back on --resume are; the per-image
+        # worst of PGD-CE and PGD-margin (and their BPDA runs), so no single attack's name
+        attack = PROXY_ROW
         self.evals[(trial_id, Stage.TRIAL, epoch, attack)] = schema.eval_row(
-            **common, attack=attack, family="pgd", threat=Threat.SEEN, norm="linf", eps=exp.eps_eval,
-            accuracy=result["robust_acc"])
+            **common, attack=attack, family="proxy", threat=Threat.SEEN, norm="linf", eps=exp.eps_eval,
+            accuracy=result["robust_acc"], restarts=int(result.get("eval_restarts", 1)),
+            iterations=int(result.get("eval_iterations", exp.eval_steps)))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         """A trial that ends without its driver's final report was stopped by the scheduler: it
@@ -135,8 +180,12 @@ class StoreCallback(ray.tune.Callback):
         # epochs whose results were in flight when an earlier driver died (same keys: no duplicates)
         for epoch_result in json.loads(result.get("history_json") or "[]"):
             self._record_epoch(row["trial_id"], epoch_result)
+        # a MO-PBT clone's wall_s holds its runs before its last clone (NaN for any other trial)
+        wall = result.get("wall_s")
+        if wall is not None and row.get("parent_trial_id"):
+            wall += _seconds(row.get("wall_s"))
         row.update(status=result["status"], error=result.get("error"), finished_at=time.time(),
-                   wall_s=result.get("wall_s"), checkpoint=self._checkpoint(result) or row.get("checkpoint"))
+                   wall_s=wall, checkpoint=self._checkpoint(result) or row.get("checkpoint"))
         if result["status"] == Status.COMPLETED:
             row.update(clean_acc=result["clean_acc"], robust_acc=result["robust_acc"], epochs=int(result["epoch"]),
                        eval_n=_eval_n(result, row),

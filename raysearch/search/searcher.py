@@ -14,24 +14,39 @@ OBJECTIVES = ("clean_acc", "robust_acc")  # both maximized
 INTERRUPTED = "interrupted: the search was killed before it saved this trial; another trial took its place"
 
 
+def stopped_early(result: dict | None) -> bool:
+    """Whether a trial's last result is an epoch's report rather than its driver's final one
+    (``raysearch.search.trial``): the scheduler stopped it at that epoch."""
+    return bool(result) and "epoch" in result and not result.get("final")
+
+
 class Searcher(OptunaSearch):
     """OptunaSearch that tells Optuna FAIL (with the reason as a user attribute) for a trial that
     raised, diverged or reported a non-finite objective; the stock one leaves such a trial
-    RUNNING forever, which skews the sampler (see README, 'Why Ray is configured as it is')."""
+    RUNNING forever, which skews the sampler (see README, 'Why Ray is configured as it is').
+    A trial the scheduler stopped early is told PRUNED, without values: its accuracies are
+    those of a shorter training run, which the sampler must not model as final (the GP and
+    NSGA-II samplers skip pruned trials; TPE counts them among its not-good ones once enough
+    trials completed to fill its good set)."""
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         values = [None if not result else result.get(m) for m in OBJECTIVES]
+        pruned = not error and stopped_early(result)
         failed = error or (result or {}).get("status") == Status.FAILED or any(
             v is None or not math.isfinite(v) for v in values)
-        if not failed or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if not (failed or pruned) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
         ot_trial = self._ot_trials[trial_id]
         if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
             self._completed_trials.add(trial_id)  # told before the driver restarted (--resume)
             return
-        reason = (result or {}).get("error") or ("the trial raised" if error else "non-finite objective")
-        self._ot_study._storage.set_trial_user_attr(ot_trial._trial_id, "fail_reason", str(reason)[:1000])
-        self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+        if pruned:
+            self._ot_study._storage.set_trial_user_attr(ot_trial._trial_id, "stopped_at_epoch", int(result["epoch"]))
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            reason = (result or {}).get("error") or ("the trial raised" if error else "non-finite objective")
+            self._ot_study._storage.set_trial_user_attr(ot_trial._trial_id, "fail_reason", str(reason)[:1000])
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
         self._completed_trials.add(trial_id)
 
     def restore(self, checkpoint_path: str):

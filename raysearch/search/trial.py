@@ -15,14 +15,29 @@ import ray.tune
 from raysearch import trial_io
 from raysearch.config import ExperimentConfig
 from raysearch.schema import Status
+from raysearch.search.schedulers import CLONE_KEY, POPULATION_SCHEDULERS
 
 TRAIN_DIR = "train"  # <experiment>/train/<trial_id>/: each trial's Ray Train run and checkpoints
 
 
-def loop_config(exp: ExperimentConfig, sampled: dict[str, Any], trial_id: str) -> dict[str, Any]:
+def loop_config(exp: ExperimentConfig, sampled: dict[str, Any], trial_id: str, seed: str = "") -> dict[str, Any]:
     """What every Train worker of the trial gets (``raysearch.worker.train_loop``'s argument).
-    The Train controller unpickles it too, which imports ``raysearch.config`` but not torch."""
-    return {"experiment": exp, "sampled": sampled, "trial_id": trial_id}
+    The Train controller unpickles it too, which imports ``raysearch.config`` but not torch.
+    ``seed``: a checkpoint folder a new Train run starts from (a MO-PBT clone's copy of its
+    parent's); a run that has checkpoints of its own resumes from those instead."""
+    return {"experiment": exp, "sampled": sampled, "trial_id": trial_id, "seed_checkpoint": seed}
+
+
+def train_run(exp: ExperimentConfig, config: dict[str, Any], trial_id: str) -> tuple[str, dict[str, Any], str]:
+    """(Train run name, hyperparameters, seed checkpoint folder or "") of a trial's config. A
+    trial that cloned another (MO-PBT) trains as a new Train run named after the copy it starts
+    from, so a restart resumes the clone's own run, never the run from before the clone."""
+    clone = config.get(CLONE_KEY) or {}
+    sampled = {k: v for k, v in config.items() if k != CLONE_KEY}
+    if not clone.get("seed"):
+        return trial_id, sampled, ""
+    seed = exp.exp_dir / clone["seed"]
+    return f"{trial_id}-clone{seed.name}", sampled, str(seed.resolve())
 
 
 def run_trial(config: dict[str, Any], exp: ExperimentConfig) -> None:
@@ -30,7 +45,7 @@ def run_trial(config: dict[str, Any], exp: ExperimentConfig) -> None:
     group set up by ``raysearch.ddp``, so the Train controller does not import torch) and re-emits
     its final metrics, so the last result Optuna sees is the trial's (after a resume Tune's last
     result can lag; see README, 'Why Ray is configured as it is'). ``config``: the sampled
-    hyperparameters."""
+    hyperparameters (with, for a MO-PBT clone, what it cloned: ``train_run``)."""
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -38,6 +53,7 @@ def run_trial(config: dict[str, Any], exp: ExperimentConfig) -> None:
     from raysearch.worker import train_loop
 
     trial_id = ray.tune.get_context().get_trial_id()
+    run_name, sampled, seed = train_run(exp, config, trial_id)
     started = time.time()
     use_gpu = exp.gpus_per_worker > 0
     per_worker = {"CPU": exp.cpus_per_worker}
@@ -45,15 +61,18 @@ def run_trial(config: dict[str, Any], exp: ExperimentConfig) -> None:
         per_worker["GPU"] = exp.gpus_per_worker
     trainer = DataParallelTrainer(
         train_loop,
-        train_loop_config=loop_config(exp, config, trial_id),
+        train_loop_config=loop_config(exp, sampled, trial_id, seed),
         backend_config=LeanTorchConfig(),
         scaling_config=ray.train.ScalingConfig(num_workers=exp.workers_per_trial, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
-            name=trial_id,  # stable across restarts: a rerun resumes from the last checkpoint
+            name=run_name,  # stable across restarts: a rerun resumes from the last checkpoint
             storage_path=str(exp.exp_dir / TRAIN_DIR),
             failure_config=ray.train.FailureConfig(max_failures=exp.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            # a population's trials copy each other's latest checkpoint: keep the one before it
+            # too, so the latest reported is still there while its successor is being written
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=2 if exp.scheduler in POPULATION_SCHEDULERS else 1),
             callbacks=[TuneReportCallback()],
         ),
     )
@@ -86,10 +105,4 @@ def run_trial(config: dict[str, Any], exp: ExperimentConfig) -> None:
     if final["status"] == Status.FAILED:
         final["clean_acc"] = final["robust_acc"] = math.nan
     final["wall_s"] = time.time() - started
-    # an early-stopping scheduler's metric must be in every result (Tune checks it)
-    final["clean_x_robust"] = _product(final.get("clean_acc"), final.get("robust_acc"))
     ray.tune.report(final)
-
-
-def _product(a, b) -> float:
-    return math.nan if a is None or b is None else float(a) * float(b)
