@@ -54,9 +54,10 @@ from trainables.common import eval_mode, frozen  # noqa: E402
 
 def bare_trial(method: str, sampled: dict, sets: dict, epochs: int, eval_size: int, eval_steps: int,
                eval_eot: int = 10, dataset: str = "digits", eps_eval: float = 0.0, storage: str | None = None,
-               opts: perf.PerfOptions = perf.PerfOptions(), device: str = "cpu"):
+               opts: perf.PerfOptions = perf.PerfOptions(), device: str = "cpu", keep: dict | None = None):
     """The worker loop's work without Ray, one epoch per ``next()``: yields the epoch's metrics
-    (clean_acc, robust_acc, train_s, eval_s). Same defense code, loader, proxy evaluation."""
+    (clean_acc, robust_acc, train_s, eval_s). Same defense code, loader, proxy evaluation.
+    ``keep``: filled with the trial's ``nets`` and ``cfg``, for a caller that evaluates them."""
     device = torch.device(device)
     defense = REGISTRY[method]
     data = data_mod.load(dataset)
@@ -66,6 +67,8 @@ def bare_trial(method: str, sampled: dict, sets: dict, epochs: int, eval_size: i
     nets = defense.build(cfg, spec)
     for m in nets.values():
         m.to(device)
+    if keep is not None:
+        keep.update(nets=nets, cfg=cfg)
 
     batches = functools.partial(data_mod.shuffled_batches, data.train, device=device, augment=data.augment,
                                 flip=data.flip)  # as the worker's, for component pre-training

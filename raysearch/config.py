@@ -45,9 +45,16 @@ class ExperimentConfig:
     gpus_per_worker: float = 0.0
     address: str = ""
     eval_size: int = 500  # validation images for the per-epoch proxy
-    eval_steps: int = 20  # PGD steps of the per-epoch proxy
-    eval_eot: int = 10  # EOT samples of the per-epoch proxy for randomized predictors
+    # per-epoch proxy: PGD steps of each attack (CE and margin, real gradient and BPDA), EOT draws
+    # per gradient for randomized predictors, epochs between two proxies (always after the last);
+    # chosen so that the proxy is at most about a quarter of a trial's time (bench/proxy_cost.py)
+    eval_steps: int = 10
+    eval_eot: int = 2
+    eval_every: int = 1
     eot_samples: int = 20  # EOT gradient samples for randomized predictors in the final suite
+    # memory budget of evaluation attacks, e.g. "2GB" (powers of 1024); "": the device's free
+    # memory on CUDA, a quarter of the available RAM on CPU (raysearch.attacks.memory)
+    eval_memory: str = ""
     final_eval: bool = True
     final_eval_size: int = 1000  # test images for the final suite
     # which trials the final suite attacks: "front", "band" (the front and the trials near it),
@@ -56,8 +63,9 @@ class ExperimentConfig:
     max_failures: int = 1  # Train worker-group restarts from the last checkpoint per trial
     max_concurrent: int = 0  # 0: derived from the cluster's resources
     scheduler: str = "none"  # a key of raysearch.search.schedulers.SCHEDULERS
-    grace_period: int = 1  # ASHA: epochs every trial runs before it can be stopped
-    reduction_factor: float = 3.0  # ASHA: 1/reduction_factor of the trials at a rung go on
+    grace_period: int = 1  # MO-ASHA: epochs every trial runs before it can be stopped
+    reduction_factor: float = 3.0  # MO-ASHA: 1/reduction_factor of the trials at a rung go on
+    perturbation_interval: int = 2  # MO-PBT: epochs between two rankings of a trial in the population
     # speed options of the training loop (raysearch.perf)
     bf16: bool = False
     channels_last: bool = False

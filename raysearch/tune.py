@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 from raysearch import data as data_mod, perf
+from raysearch.attacks.memory import MemorySizeError, check_memory
 from raysearch.config import ConfigError, ExperimentConfig, default_config, parse_set
-from raysearch.evaluate import candidates
+from raysearch.evaluate import candidates, proxy
 from raysearch.evaluate.suite import EvalError, check_radii
 from raysearch.search.schedulers import SCHEDULERS
 from trainables import REGISTRY
@@ -75,10 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=1, help="worker-group restarts per trial from its last "
                                                                "checkpoint (default 1)")
     p.add_argument("--eval-size", type=int, default=500, help="validation images for the per-epoch proxy")
-    p.add_argument("--eval-steps", type=int, default=20, help="PGD steps of the per-epoch proxy (default 20)")
-    p.add_argument("--eval-eot", type=int, default=10, help="EOT samples of the per-epoch proxy for randomized "
-                                                            "predictors (default 10)")
+    p.add_argument("--eval-steps", type=int, default=10, help="PGD steps of each attack of the per-epoch proxy "
+                                                              "(default 10)")
+    p.add_argument("--eval-eot", type=int, default=2, help="EOT draws per gradient (and scoring calls) of the "
+                                                           "per-epoch proxy for randomized predictors (default 2)")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="run the per-epoch proxy every N epochs and after the last one; the epochs between "
+                        "report the last measured values (default: 1, or only after the last epoch for a "
+                        "randomized defense such as atop when no --scheduler runs)")
     p.add_argument("--eot-samples", type=int, default=20, help="EOT samples in the final evaluation (default 20)")
+    p.add_argument("--eval-memory", default="", metavar="SIZE",
+                   help="memory the attacks of the proxy and the final suite may use, e.g. 2GB or 512MB (default: "
+                        "80%% of the GPU's free memory; a quarter of the available RAM on CPU)")
     p.add_argument("--final-eval-size", type=int, default=0,
                    help="test images for the final suite (default: 1000, or 100 for a randomized defense "
                         "such as atop, whose attacks average 20 draws per step; 360 = the whole digits test set)")
@@ -87,12 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
                         f"every trial within {candidates.BAND_WIDTH:g} of it in both clean and robust accuracy), "
                         "all, or K (the K best by non-dominated sorting)")
     p.add_argument("--no-final-eval", action="store_true", help="skip the attack suite after the search")
-    p.add_argument("--scheduler", default="none", help=f"early stopping: {', or '.join(SCHEDULERS)} (ASHA on "
-                                                      "clean×robust accuracy each epoch; stopped trials keep their "
-                                                      "last metrics)")
-    p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped (default 1)")
+    p.add_argument("--scheduler", default="none",
+                   help=f"{', '.join(SCHEDULERS)} (default none): moasha stops trials early by Pareto ranking "
+                        "of clean and robust accuracy at each rung (stopped trials keep their last metrics and "
+                        "reach Optuna as pruned); mopbt evolves a population of --num-samples trials by "
+                        "population-based training with Pareto ranking, without Optuna")
+    p.add_argument("--grace-period", type=int, default=1,
+                   help="moasha: epochs before a trial can be stopped (default 1)")
     p.add_argument("--reduction-factor", type=float, default=3.0,
-                   help="ASHA: keep 1/F of the trials at each rung (default 3)")
+                   help="moasha: keep 1/F of the trials at each rung (default 3)")
+    p.add_argument("--perturbation-interval", type=int, default=2,
+                   help="mopbt: epochs between two rankings of a trial, each a chance to clone a better one "
+                        "(default 2)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for training forwards (evaluation stays fp32)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for trained nets and batches")
     p.add_argument("--compile", action="store_true", help="torch.compile the trained networks (pays off on long runs)")
@@ -120,6 +135,7 @@ def make_config(args: argparse.Namespace) -> ExperimentConfig:
     for flag, value, low in [("--num-samples", args.num_samples, 1), ("--max-epochs", args.max_epochs, 1),
                              ("--workers-per-trial", args.workers_per_trial, 1), ("--eval-size", args.eval_size, 1),
                              ("--eval-steps", args.eval_steps, 1), ("--eval-eot", args.eval_eot, 1),
+                             ("--eval-every", args.eval_every, 0),
                              ("--eot-samples", args.eot_samples, 1), ("--max-failures", args.max_failures, 0),
                              ("--max-concurrent", args.max_concurrent, 0), ("--final-eval-size", args.final_eval_size, 0)]:
         if value < low:
@@ -130,10 +146,19 @@ def make_config(args: argparse.Namespace) -> ExperimentConfig:
         raise UsageError(f"--grace-period must be between 1 and --max-epochs ({args.max_epochs}), got {args.grace_period}")
     if args.reduction_factor <= 1:
         raise UsageError(f"--reduction-factor must be above 1, got {args.reduction_factor}")
+    if args.perturbation_interval < 1 or args.perturbation_interval >= args.max_epochs and args.scheduler == "mopbt":
+        raise UsageError(f"--perturbation-interval must be at least 1 and below --max-epochs ({args.max_epochs}) "
+                         f"for mopbt, got {args.perturbation_interval}")
+    if args.scheduler == "mopbt" and args.num_samples < 2:
+        raise UsageError(f"--scheduler mopbt needs a population: --num-samples at least 2, got {args.num_samples}")
     if args.loader_workers < 0:
         raise UsageError(f"--loader-workers must be at least 0, got {args.loader_workers}")
     if args.data_on_device not in perf.DATA_ON_DEVICE:
         raise UsageError(f"--data-on-device must be one of {', '.join(perf.DATA_ON_DEVICE)}, got {args.data_on_device!r}")
+    try:
+        eval_memory = check_memory(args.eval_memory)
+    except MemorySizeError as e:
+        raise UsageError(str(e)) from None
     if args.eps_eval is not None and not (0 < args.eps_eval <= 1):
         raise UsageError(f"--eps-eval must be in (0, 1] on the [0,1] pixel scale, got {args.eps_eval}")
     try:
@@ -192,7 +217,10 @@ def make_config(args: argparse.Namespace) -> ExperimentConfig:
         final_candidates=final_candidates,
         final_eval=not args.no_final_eval, final_eval_size=args.final_eval_size or (100 if REGISTRY[args.method].randomized else 1000),
         max_failures=args.max_failures, max_concurrent=args.max_concurrent, eval_eot=args.eval_eot,
+        eval_every=args.eval_every or proxy.default_eval_every(REGISTRY[args.method].randomized, args.max_epochs,
+                                                               args.scheduler), eval_memory=eval_memory,
         scheduler=args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+        perturbation_interval=args.perturbation_interval,
         bf16=args.bf16, channels_last=args.channels_last, compile=args.compile, loader_workers=args.loader_workers,
         data_on_device=args.data_on_device, verbose=args.verbose)
 

@@ -2,9 +2,12 @@
 
 Per trial: build the defense's networks, fill pre-trained components from the cache, wrap the
 trained networks in DDP (``prepare_model``), shard the training split
-(``prepare_data_loader``), and each epoch train, evaluate (clean and L∞ PGD at ε_eval on a
-fixed validation subset, EOT for randomized predictors, sharded across ranks) and report
-metrics with a checkpoint. A restarted worker group resumes from the last checkpoint, so no
+(``prepare_data_loader``), and each epoch train and report metrics with a checkpoint. Every
+``eval_every`` epochs and after the last one the per-epoch proxy runs (``raysearch.evaluate.proxy``:
+clean and worst-case L∞ PGD at ε_eval on a fixed validation subset, sharded across ranks); the
+epochs in between report the last measured values with the epoch they were measured at
+(``proxy_epoch``; 0 and NaN accuracies before the first measurement), so that checkpoints and
+schedulers still see every epoch. A restarted worker group resumes from the last checkpoint, so no
 epoch is trained or counted twice. Ray is imported only here, in ``raysearch.search`` and in
 ``raysearch.ddp``.
 """
@@ -17,7 +20,7 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray.train
 import ray.train.torch
@@ -26,7 +29,8 @@ import torch.distributed as dist
 
 from raysearch import components, data as data_mod, perf, trial_io
 from raysearch.config import ExperimentConfig, trial_config
-from raysearch.evaluate.proxy import proxy_eval
+from raysearch.evaluate import proxy
+from raysearch.search.schedulers.clone_state import restore_clone
 from trainables import REGISTRY
 from trainables.base import StepContext
 from trainables.common import frozen
@@ -82,7 +86,8 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
     if comps:
         # rank 0 trains or loads under the cache lock; the others wait, then load the cached copy
         if rank == 0:
-            components.ensure(method, comps, nets, cfg, spec, Path(exp.storage_path), batches, device)
+            components.ensure(method, comps, nets, cfg, spec, Path(exp.storage_path), batches, device,
+                              held_out=data_mod.eval_subset(data.val, 1000, seed=0)[0])
         if world > 1:
             dist.barrier()
         if rank != 0:
@@ -116,6 +121,11 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
                 return  # a diverged trial stays failed; its last report already says why
             history = list(meta.get("history", []))
             start_epoch = trial_io.restore(trial_io.load_state(d, device), raw, opts, scheds) + 1
+    elif loop_cfg.get("seed_checkpoint"):
+        # a MO-PBT clone's new run: the parent's weights and training state, the clone's own
+        # hyperparameters; its history starts here (the epochs before are the parent's)
+        seed = loop_cfg["seed_checkpoint"]
+        start_epoch = restore_clone(trial_io.load_state(seed, device), raw, opts, scheds) + 1
 
     eval_x, eval_y = data_mod.eval_subset(data.val, exp.eval_size, seed=0)
     shard = slice(rank, None, world)
@@ -129,6 +139,8 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
     # start-up marks (unix s): worker process start, loop entry, first training step
     marks = {"worker_started_at": _process_started_at(), "loop_started_at": loop_started_at,
              "train_started_at": time.time()}
+    measure = functools.partial(measure_proxy, defense, raw, cfg, exp, eval_x, eval_y, eps_eval, device)
+    settings = proxy_settings(defense.predictor(raw, cfg), exp)
 
     for epoch in range(start_epoch, cfg.epochs):
         ctx.epoch = epoch
@@ -152,20 +164,12 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
         # the decision to stop is collective: every rank must call report the same number of times
         diverged = sum_over_workers([1.0 if bad else 0.0], device)[0] > 0
 
-        t1 = time.time()
-        pred = defense.predictor(raw, cfg)
-        with _eval_mode(raw):
-            correct, robust, n = proxy_eval(pred, eval_x, eval_y, eps_eval, exp.eval_steps, exp.eval_eot)
-        correct, robust, n = sum_over_workers([correct, robust, n], device)
+        measured = epoch_proxy(epoch + 1, cfg.epochs, exp.eval_every, history, measure, skip=diverged)
         metrics = {
             "epoch": epoch + 1,
-            "clean_acc": correct / max(n, 1),
-            "robust_acc": robust / max(n, 1),
-            "eval_n": int(n),
-            "eval_eot": pred.draws(exp.eval_eot),
-            "eval_calls": pred.calls(exp.eval_eot),  # calls each validation image is scored on
+            **settings,
+            **measured,
             "train_s": train_s,
-            "eval_s": time.time() - t1,
             "nodes": nodes,
             "node_ids": node_ids,
             "resumed_from": start_epoch,  # epochs restored from a checkpoint by this worker group (0: none)
@@ -174,16 +178,12 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
         }
         if diverged:
             metrics["clean_acc"] = metrics["robust_acc"] = math.nan
-        # the scalar an early-stopping scheduler ranks trials by (multi-objective has no pruning)
-        metrics["clean_x_robust"] = metrics["clean_acc"] * metrics["robust_acc"]
         if epoch == start_epoch:
             metrics.update(marks)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             # a diverged epoch is checkpointed too, marked, so that the run's result (which Ray
             # Train takes from the last checkpoint) carries the reason, and a rerun stops at once
-            history.append({k: metrics[k] for k in ("epoch", "clean_acc", "robust_acc", "eval_n", "eval_s", "eval_eot",
-                                                   "eval_calls")})
             if rank == 0:
                 trial_io.save(tmp, nets=raw, opts=opts, scheds=scheds, epoch=epoch, method=method,
                               dataset=spec.name, cfg=cfg,
@@ -192,6 +192,49 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
         if diverged:
             return
+
+
+def measure_proxy(defense, raw, cfg, exp: ExperimentConfig, eval_x: torch.Tensor, eval_y: torch.Tensor,
+                  eps_eval: float, device) -> dict[str, Any]:
+    """The proxy on this worker's shard of the validation subset, summed over the trial's workers:
+    the accuracies, the images they count, the attack's settings and the seconds it took."""
+    t0 = time.time()
+    pred = defense.predictor(raw, cfg)
+    with _eval_mode(raw):
+        correct, robust, n = proxy.proxy_eval(pred, eval_x, eval_y, eps_eval, exp.eval_steps, exp.eval_eot,
+                                              eval_memory=exp.eval_memory)
+    correct, robust, n = sum_over_workers([correct, robust, n], device)
+    return {"clean_acc": correct / max(n, 1), "robust_acc": robust / max(n, 1), "eval_n": int(n),
+            **proxy_settings(pred, exp), "eval_s": time.time() - t0}
+
+
+def proxy_settings(pred, exp: ExperimentConfig) -> dict[str, int]:
+    """How the proxy attacks ``pred``, reported with every epoch (the same for the whole trial)."""
+    return {"eval_eot": pred.draws(exp.eval_eot),  # random draws per gradient
+            "eval_calls": pred.calls(exp.eval_eot),  # calls each validation image is scored on
+            "eval_iterations": exp.eval_steps,  # PGD steps per attack
+            "eval_restarts": proxy.RESTARTS}  # per attack
+
+
+NOT_MEASURED = {"proxy_epoch": 0, "clean_acc": math.nan, "robust_acc": math.nan, "eval_n": 0, "eval_s": 0.0}
+
+
+def epoch_proxy(epoch: int, epochs: int, every: int, history: list[dict[str, Any]],
+                measure: Callable[[], dict[str, Any]], skip: bool = False) -> dict[str, Any]:
+    """The proxy values epoch ``epoch`` (from 1) of ``epochs`` reports. When the proxy is due
+    (``proxy.proxy_due``) and not ``skip`` (a diverged epoch, whose accuracies are NaN anyway)
+    it is measured now and appended to ``history`` (kept in the checkpoint, so a resumed worker
+    group goes on reporting it); otherwise the last measurement is reported again, unchanged
+    (its seconds included), with the epoch it was measured at (``proxy_epoch``; 0 and NaN
+    accuracies before the first)."""
+    if proxy.proxy_due(epoch, epochs, every) and not skip:
+        values = {"proxy_epoch": epoch, **measure()}
+        history.append({"epoch": epoch, **values})
+        return values
+    last = history[-1] if history else {"epoch": 0, **NOT_MEASURED}
+    values = {k: v for k, v in last.items() if k != "epoch"}
+    values.setdefault("proxy_epoch", last["epoch"])  # a checkpoint written before proxy_epoch existed
+    return values
 
 
 def _process_started_at() -> float:

@@ -39,7 +39,10 @@ CASES = [
     (["--method", "pgd_at", "--set", "eps_train='big'"], "expected float"),
     (["--method", "pgd_at", "--set", "beta=3"], "has no such field"),
     (["--method", "pgd_at", "--sampler", "cmaes"], "unknown sampler"),
-    (["--method", "pgd_at", "--scheduler", "hyperband"], "unknown scheduler 'hyperband'; known: none, asha"),
+    (["--method", "pgd_at", "--scheduler", "hyperband"], "unknown scheduler 'hyperband'; known: none, moasha, mopbt"),
+    (["--method", "pgd_at", "--scheduler", "mopbt", "--num-samples", "1"], "needs a population"),
+    (["--method", "pgd_at", "--scheduler", "mopbt", "--max-epochs", "3", "--perturbation-interval", "3"],
+     "--perturbation-interval must be at least 1 and below --max-epochs (3)"),
     (["--method", "pgd_at", "--final-candidates", "best"],
      "--final-candidates must be front, band, all or a whole number K >= 1, got 'best'"),
     (["--method", "pgd_at", "--final-candidates", "0"], "--final-candidates must be"),
@@ -232,16 +235,3 @@ def test_a_search_on_a_generated_28px_npz_runs_end_to_end(tmp_path):
     final = [r for r in store.read_rows(exp_dir / store.EVALS) if r["stage"] == "final"]
     assert final and all(r["n"] == 40 for r in final if r["attack"] == "clean"), proc.stderr[-2000:]
     assert "final evaluation failed" not in proc.stderr
-
-
-@pytest.mark.slow
-def test_two_ddp_workers_train_one_trial(tmp_path):
-    proc = run_cli("--method", "trades", "--workers-per-trial", "2", "--num-samples", "1", "--max-epochs", "1",
-                   "--eval-size", "60", "--no-final-eval", "--storage-path", str(tmp_path), "--name", "ddp")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    row = store.read_rows(tmp_path / "ddp" / store.TRIALS)[0]
-    assert row["status"] == Status.COMPLETED and row["num_workers"] == 2
-    assert row["device_s"] == pytest.approx(2 * row["wall_s"])
-    ev = [r for r in store.read_rows(tmp_path / "ddp" / store.EVALS) if r["attack"] == "clean"]
-    assert ev[0]["n"] == 60  # the two ranks' shards add up to the whole subset
-    assert not math.isnan(row["clean_acc"])
