@@ -51,11 +51,12 @@ def peak_for(name: str) -> float | None:
     return None
 
 
-def make_step(device, opts: perf.PerfOptions, batch: int, whole_step_bf16: bool, eps: float = 8 / 255):
+def make_step(device, opts: perf.PerfOptions, batch: int, whole_step_bf16: bool, eps: float = 8 / 255,
+              arch: str = "preact18"):
     """A pgd_at trial's training state on synthetic CIFAR-shaped data; returns step() -> None."""
     spec = data_mod.describe("cifar10")
     defense = REGISTRY["pgd_at"]
-    cfg = trial_config("pgd_at", spec, {"attack_steps": 10, "eps_train": eps}, {}, 1, "preact18")
+    cfg = trial_config("pgd_at", spec, {"attack_steps": 10, "eps_train": eps}, {}, 1, arch)
     torch.manual_seed(0)
     nets = defense.build(cfg, spec)
     for m in nets.values():
@@ -75,8 +76,8 @@ def make_step(device, opts: perf.PerfOptions, batch: int, whole_step_bf16: bool,
     return step
 
 
-def flops_per_image(device, batch: int = 4) -> float:
-    step = make_step(device, perf.PerfOptions(), batch, False)
+def flops_per_image(device, batch: int = 4, arch: str = "preact18") -> float:
+    step = make_step(device, perf.PerfOptions(), batch, False, arch=arch)
     with FlopCounterMode(display=False) as counter:
         step()
     return counter.get_total_flops() / batch
@@ -87,8 +88,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def measure(device, opts, batch, warmup, steps, whole_step_bf16=False) -> float:
-    step = make_step(device, opts, batch, whole_step_bf16)
+def measure(device, opts, batch, warmup, steps, whole_step_bf16=False, arch: str = "preact18") -> float:
+    step = make_step(device, opts, batch, whole_step_bf16, arch=arch)
     for _ in range(warmup):
         step()
     sync(device)
@@ -107,6 +108,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak (default: table by GPU name)")
     p.add_argument("--compile", action="store_true", help="also measure bf16 + channels_last + torch.compile")
+    p.add_argument("--arch", default="preact18", help="classifier (small_cnn: a quick CPU run)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -119,8 +121,8 @@ def main(argv=None) -> int:
 
         name = f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
     peak = args.peak_tflops or (peak_for(name) if device.type == "cuda" else None)
-    fpi = flops_per_image(device)
-    print(f"gpu_throughput: PGD-10 AT step (pgd_at train_step), PreActResNet-18, 32×32×3, batch {args.batch}, "
+    fpi = flops_per_image(device, min(args.batch, 4), args.arch)
+    print(f"gpu_throughput: PGD-10 AT step (pgd_at train_step), {args.arch}, 32×32×3, batch {args.batch}, "
           f"on {name}; torch {torch.__version__}")
     print(f"work: {fpi / 1e9:.2f} GFLOP per image per step (counted); bf16 peak: "
           f"{f'{peak:g} TFLOP/s' if peak else 'unknown (pass --peak-tflops)'}")
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
                          perf.PerfOptions(bf16=True, channels_last=True, compile=True), True))
     base = None
     for label, opts, whole in variants:
-        ips = measure(device, opts, args.batch, args.warmup, args.steps, whole)
+        ips = measure(device, opts, args.batch, args.warmup, args.steps, whole, args.arch)
         base = base or ips
         tflops = fpi * ips / 1e12
         frac = f"{tflops / peak:6.1%} of bf16 peak" if peak else "peak unknown"

@@ -4,7 +4,9 @@ A component is trained once per (method, name, data set, architecture, key) and 
 ``<storage>/.components/<name>-<hash>/weights.pt``; every later trial loads it. A file lock on
 the storage (``fcntl.flock``, which also works on NFS) makes a second trial that asks at the
 same time wait for the first and then load its result instead of training again. Weights are
-written atomically and loaded with ``torch.load(weights_only=True)``.
+written atomically and loaded with ``torch.load(weights_only=True)``. A component with a
+``check`` (ijsat's flow: bits/dim, round trip, ε_z calibration) is checked on held-out images
+after training and cached only if it passes; the check's numbers go into ``key.json``.
 """
 from __future__ import annotations
 
@@ -38,9 +40,11 @@ def component_dir(storage: Path, key: dict) -> Path:
 
 def ensure(method: str, comps: list[Component], nets: dict[str, nn.Module], cfg, spec: DataSpec,
            storage: Path, batches: Callable[[int], Iterator], device: torch.device,
-           arch: str = "") -> dict[str, str]:
+           arch: str = "", held_out: torch.Tensor | None = None) -> dict[str, str]:
     """Fill ``nets`` for every component, training and caching the ones not cached yet.
-    Returns {component name: "loaded" | "trained"}."""
+    ``held_out``: images outside the training split (the validation split) for the components'
+    checks; without them a check sees a batch of training images, and its record says so.
+    A check that fails raises, and nothing is cached. Returns {component name: "loaded" | "trained"}."""
     out = {}
     for comp in comps:
         key = component_key(method, comp, spec, arch or getattr(cfg, "arch", ""))
@@ -59,12 +63,24 @@ def ensure(method: str, comps: list[Component], nets: dict[str, nn.Module], cfg,
                 t0 = time.time()
                 log.info("training component %s (%s)", comp.name, folder.name)
                 comp.fit(nets, cfg, spec, batches, device)
+                report = _check(comp, nets, cfg, spec, batches, held_out, device)
                 state = {role: {k: v.detach().cpu() for k, v in nets[role].state_dict().items()}
                          for role in comp.nets_filled}
                 atomic_write_bytes(weights, lambda tmp: torch.save(state, tmp))
                 (folder / "key.json").write_text(json.dumps(
-                    {**key, "seconds": time.time() - t0}, indent=2, default=str))
+                    {**key, "seconds": time.time() - t0, **report}, indent=2, default=str))
                 out[comp.name] = "trained"
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
     return out
+
+
+def _check(comp: Component, nets, cfg, spec: DataSpec, batches, held_out, device) -> dict:
+    """The component's check (raises if it fails) on held-out images, or on a batch of training
+    images when there are none; its numbers under "check" for key.json."""
+    if comp.check is None:
+        return {}
+    images, on = held_out, "held_out"
+    if images is None:
+        images, on = next(iter(batches(1000)))[0], "train"
+    return {"check": {"images": on, **comp.check(nets, cfg, spec, images, device)}}

@@ -28,7 +28,8 @@ def local_context(method: str, d: data_mod.Data, cache: Path, total_steps: int =
     nets = {k: m.to(device) for k, m in defense.build(cfg, d.spec).items()}
     batches = functools.partial(data_mod.shuffled_batches, d.train, device=device,
                                 augment=d.augment, flip=d.flip)
-    components.ensure(method, defense.pretrained(cfg, d.spec), nets, cfg, d.spec, Path(cache), batches, device)
+    components.ensure(method, defense.pretrained(cfg, d.spec), nets, cfg, d.spec, Path(cache), batches, device,
+                      held_out=d.val.images())
     return defense, step_context(defense, cfg, d.spec, nets, total_steps, device)
 
 

@@ -2,7 +2,8 @@
 blocks, the pre-trained purifier reconstructs, the predictor averages its draws and its BPDA
 variant passes f's gradient straight through, fine-tuning with PGD-EOT through g∘t moves
 purifier and discriminator but never the classifier and hurts the pipeline, λ_cls warms up, and
-the cached components are trained once when two trials ask for them at the same time. What
+the cached components are trained once when two trials ask for them at the same time, and a
+data set's search space offers each mask block size once. What
 every defense must do (randomized and attackable predictor, the default step, component keys):
 tests/test_defenses.py."""
 from __future__ import annotations
@@ -15,9 +16,11 @@ import threading
 import pytest
 import torch
 
+import search_spaces
 from raysearch import components, data
 from raysearch.config import default_config
 from raysearch.local import step_context
+from trainables.spec import DataSpec
 from trainables.atop import AToP, block_px, random_transform
 
 DEFENSE = AToP()
@@ -172,3 +175,26 @@ def test_two_concurrent_requests_train_each_component_once(digits, tmp_path):
         assert sorted(r[name] for r in results) == ["loaded", "trained"]
     for role in ("classifier", "purifier", "discriminator"):
         assert all(torch.equal(v, states[1][role][k]) for k, v in states[0][role].items())
+
+
+@pytest.mark.parametrize("size", sorted({spec.size for spec in data.SPECS.values()} | {16, 64}))
+def test_a_data_sets_space_offers_each_block_size_once(size):
+    """Searched blocks are written at 32×32; where two come to one pixel side (1, 2 and 4 are
+    all 1 px on 8×8 digits) the space keeps one of them, and still every side, and the default."""
+    spec = DataSpec("d", 1, size, 10, (0.5,), (0.5,), eps_eval=0.1, eps_eval_l2=0.5, eps_scale=1.0)
+    written = search_spaces.load("atop")
+    choices = DEFENSE.search_space(written, spec)["block"]["choices"]
+    sides = [block_px(b, size) for b in choices]
+    assert len(set(sides)) == len(sides), (size, choices, sides)
+    assert set(sides) == {block_px(b, size) for b in written["block"]["choices"]}
+    default = default_config("atop", spec)
+    assert block_px(default.block, size) in sides
+    assert search_spaces.contains(search_spaces.to_optuna({"block": {**written["block"], "choices": choices}})["block"],
+                                  default.block)
+
+
+def test_the_spaces_blocks_on_the_built_in_data_sets():
+    blocks = {name: DEFENSE.search_space(search_spaces.load("atop"), spec)["block"]["choices"]
+              for name, spec in data.SPECS.items()}
+    assert blocks["digits"] == [4, 8]  # 1 and 2 px
+    assert all(blocks[n] == [1, 2, 4, 8] for n in ("cifar10", "svhn", "mnist", "fashion_mnist"))

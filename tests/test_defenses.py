@@ -31,8 +31,9 @@ from trainables.base import Defense, StepContext
 pytestmark = pytest.mark.filterwarnings("ignore:torch.lu is deprecated")  # inside normflows (ijsat's flow)
 METHODS = sorted(REGISTRY)
 # config fields that only set how long something costs, at values that make the contract cheap
-# (set where a method's Config has the field)
-CHEAP = {"cls_epochs": 1, "pretrain_epochs": 1, "flow_epochs": 1, "sinkhorn_iters": 20, "eval_steps": 2}
+# (set where a method's Config has the field), and the quality gate such a short fit needs
+CHEAP = {"cls_epochs": 1, "pretrain_epochs": 1, "flow_epochs": 1, "sinkhorn_iters": 20, "eval_steps": 2,
+         "flow_max_bits_per_dim": 8.0}
 BATCH = 32  # examples per training step and per predictor check
 
 

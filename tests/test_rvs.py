@@ -148,3 +148,24 @@ def test_features_through_a_wrapper_match_the_direct_call(examples):
     assert torch.allclose(logits, ref_logits) and torch.allclose(h, ref_h)
     assert h.shape == (len(x), f.head.in_features)
     assert not f.head._forward_hooks  # the capture hook is removed again
+
+
+@pytest.mark.parametrize("cost", COSTS)
+def test_ot_under_bf16_autocast_is_the_fp32_value(cost):
+    """Training under --bf16 runs the classifier in autocast; the OT term must not: squared
+    distances of nearby features are small differences of large dot products, which a bf16
+    matmul rounds away (on these features the bf16 cost matrix read 16.75 for a true 11.67 at
+    noise 0.3, and 2.0 for 0.32 at noise 0.05)."""
+    torch.manual_seed(0)
+    h_nat = torch.randn(64, 128) * 3 + 5  # penultimate-like features: a large common offset
+    h_adv = h_nat + 0.05 * torch.randn_like(h_nat)  # near-diagonal costs
+    a32, b32 = h_nat.clone().requires_grad_(True), h_adv.clone().requires_grad_(True)
+    ref = ot_distance(a32, b32, cost=cost)
+    ref.backward()
+    a16, b16 = h_nat.clone().requires_grad_(True), h_adv.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ot_distance(a16, b16, cost=cost)
+    got.backward()
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(ref.item(), rel=0.02)
+    assert torch.allclose(a16.grad, a32.grad, rtol=0.05, atol=1e-3 * a32.grad.abs().max().item())

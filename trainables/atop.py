@@ -73,6 +73,11 @@ def block_px(block: int, size: int) -> int:
     return max(1, round(block * size / REFERENCE_SIZE))
 
 
+def _scaling_error(block: int, size: int) -> float:
+    """How far ``block_px`` rounds: pixels between the exact scaled side and the one used."""
+    return abs(block_px(block, size) - block * size / REFERENCE_SIZE)
+
+
 def random_transform(x: torch.Tensor, sigma: float, missing_rate: float, block: int):
     """t(x): noise then block mask, fresh randomness on every call.
 
@@ -230,6 +235,21 @@ class AToP(Defense):
                        "pretrain_sigma_max", "pretrain_missing_max", "pretrain_batch_size")}}
         return [Component("classifier", ("classifier",), cls_key, fit_classifier),
                 Component("purifier", ("purifier", "discriminator"), pur_key, fit_purifier)]
+
+    def search_space(self, space, spec):
+        """``block`` with one choice per distinct mask block on this data set: choices written
+        at 32×32 that come to the same pixel side here (1, 2 and 4 are all 1 px on 8×8 digits)
+        would be one transform under several names, so the sampler would spend trials telling
+        identical configurations apart. Of each such group the choice whose exact scaled side is
+        nearest its pixel side is kept (on digits 4 and 8: 1 and 2 px)."""
+        if "block" not in space:
+            return space
+        kept: dict[int, int] = {}
+        for block in space["block"]["choices"]:
+            px = block_px(block, spec.size)
+            if px not in kept or _scaling_error(block, spec.size) < _scaling_error(kept[px], spec.size):
+                kept[px] = block
+        return {**space, "block": {**space["block"], "choices": sorted(kept.values())}}
 
     def trainable(self, cfg):
         return ("purifier", "discriminator")

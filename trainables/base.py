@@ -52,13 +52,16 @@ class Component:
 
     ``fit(nets, cfg, spec, loader, device)`` trains ``nets[n]`` for n in ``nets_filled`` in
     place; ``key`` holds every config value that determines the result (the data set and
-    architecture are added by the cache).
+    architecture are added by the cache). ``check(nets, cfg, spec, held_out, device)``, if
+    given, runs after ``fit`` on images the component never trained on: it raises when the
+    result must not be cached and returns its measurements, stored with the component.
     """
 
     name: str
     nets_filled: tuple[str, ...]
     key: Mapping[str, Any]
     fit: Callable[..., None]
+    check: Callable[..., dict] | None = None
 
 
 @dataclass
@@ -123,6 +126,11 @@ class Defense:
 
     def pretrained(self, cfg, spec: DataSpec) -> list[Component]:
         return []
+
+    def search_space(self, space: dict[str, dict], spec: DataSpec) -> dict[str, dict]:
+        """The search space (``search_spaces/<method>.json``'s entries) as searched on ``spec``'s
+        data set: a method whose values mean different things per data set adapts it here."""
+        return space
 
     def trainable(self, cfg) -> tuple[str, ...]:
         return ("classifier",)

@@ -16,18 +16,27 @@ Robust Mixup: with probability ``mixup_prob`` a batch is paired with a shuffled 
 default) or pixel space, and the joint attack runs on the interpolated point maximizing
 λ·CE(·, y_i) + (1−λ)·CE(·, y_j); the classifier trains on it with the mixed labels. The loss is
 clean_weight·CE(x) + joint_weight·CE(JSA(x)) + mix_weight·mixed-CE(JSA(x̃)). The flow is used
-only in training; inference is the plain classifier. ε_z is in standard deviations of the
-flow's N(0, I) prior. Expect robustness to unseen (on-manifold, spatial, corruption) attacks to
-improve over pixel-only AT at similar L∞ robustness; larger ε_z trades clean accuracy.
+only in training; inference is the plain classifier. Expect robustness to unseen (on-manifold,
+spatial, corruption) attacks to improve over pixel-only AT at similar L∞ robustness; larger ε_z
+trades clean accuracy.
 
-In the config, ε_x is the inherited ``eps_train`` field (a pixel budget, scaled per data set).
+A latent radius has no natural scale (a unit of the N(0, I) prior moves an 8×8 digit's pixels
+differently from a 32×32 photo's), so before the flow is cached it is gated and calibrated on
+held-out images (``check_flow``): bits/dim at most a per-data-set bound and a round trip within
+1/255, else ``FlowRefused``; then the RMS pixel displacement per unit latent radius is measured
+and stored in the flow (``calibrate``). The config gives ε_z in those calibrated pixel units
+(``eps_z_pixel``: the RMS displacement a random corner of the latent box causes), and the
+latent radius is eps_z_pixel / calibration.
+
+In the config, ε_x is the inherited ``eps_train`` field; ε_x and ε_z are budgets, scaled per data set.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import normflows as nf
@@ -35,7 +44,7 @@ import torch
 from torch.nn import functional
 from torch import nn
 
-from trainables.base import BaseConfig, Component, Defense, sgd_step
+from trainables.base import EPS, BaseConfig, Component, Defense, sgd_step
 from trainables.common import ce_sum, eval_mode
 from trainables.spec import DataSpec
 
@@ -48,7 +57,10 @@ MIXUP_SPACES = ("latent", "pixel")
 
 @dataclass(frozen=True)
 class Config(BaseConfig):
-    eps_z: float = 0.05  # latent L∞ radius per level, in std units of the N(0, I) prior
+    # latent L∞ radius per level, in calibrated pixel units: the RMS pixel displacement that a
+    # random corner of the latent box moves an image by (ε_z in latent units = this / the flow's
+    # calibration, ``GlowFlow.latent_radius``); a budget, scaled per data set like eps_train
+    eps_z_pixel: float = field(default=1 / 255, metadata=EPS)
     attack_steps: int = 5  # K, joint-attack PGD steps
     step_factor: float = 2.5  # step sizes: step_factor·ε_x/K in pixels, step_factor·ε_z/K in latents
     mixup_alpha: float = 1.0  # λ ~ Beta(α, α)
@@ -57,7 +69,9 @@ class Config(BaseConfig):
     clean_weight: float = 0.0  # weight of CE on clean images
     joint_weight: float = 1.0  # weight of CE on joint-space adversarial examples
     mix_weight: float = 1.0  # weight of the mixed-label CE on attacked interpolates
-    eval_eps_z: float = 0.2  # latent radius of the on-manifold evaluation attack (fixed per search)
+    # latent radius of the on-manifold evaluation attack (fixed per search), in the same
+    # calibrated pixel units as eps_z_pixel and scaled per data set
+    eval_eps_z_pixel: float = field(default=2 / 255, metadata=EPS)
     eval_steps: int = 20  # PGD steps of the on-manifold evaluation attack
     # flow: a fixed per-data-set setting (0: by image size), trained once and cached
     flow_levels: int = 0  # multiscale levels; 0: 2 for images ≤ 16 px, 3 otherwise, fewer where
@@ -67,6 +81,9 @@ class Config(BaseConfig):
     flow_epochs: int = 0  # maximum-likelihood passes; 0: 30 for images ≤ 16 px, 100 otherwise
     flow_lr: float = 1e-3  # Adam
     flow_batch_size: int = 128  # examples per maximum-likelihood step
+    # the gate a trained flow must pass to be cached: bits/dim on held-out images at most this;
+    # 0: by data set (MAX_BITS_PER_DIM)
+    flow_max_bits_per_dim: float = 0.0
 
 
 def flow_setting(cfg, spec: DataSpec) -> dict[str, int]:
@@ -83,10 +100,29 @@ def flow_setting(cfg, spec: DataSpec) -> dict[str, int]:
             "epochs": cfg.flow_epochs or (30 if small else 100)}
 
 
+@contextlib.contextmanager
+def strict_fp32(device_type: str):
+    """fp32 without autocast and, on CUDA, without TF32 (which cuDNN convolutions use by
+    default): the 1×1 convolutions of a deep flow lose the round trip G(F(x)) = x at TF32's
+    10-bit mantissa. Gradients computed later, outside this context, may still use TF32."""
+    with torch.autocast(device_type, enabled=False):
+        if device_type != "cuda":
+            yield
+            return
+        conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+
+
 class GlowFlow(nn.Module):
     """Glow multiscale flow on [0, 1] images: ``encode`` = F (image -> latents, one tensor per
     level), ``decode`` = G = F⁻¹, ``nll`` the per-image negative log-likelihood in nats. Always
-    computed in fp32, whatever autocast is active."""
+    computed in strict fp32 (``strict_fp32``), whatever autocast or TF32 setting is active.
+    ``pixel_per_latent`` (a buffer, so it travels with the cached weights) is the flow's ε_z
+    calibration, set by ``calibrate``; 0 until then."""
 
     def __init__(self, channels: int, size: int, levels: int, blocks: int, hidden: int):
         super().__init__()
@@ -105,9 +141,17 @@ class GlowFlow(nn.Module):
                 shape = (channels * 2 ** (levels + 1), size // 2 ** levels, size // 2 ** levels)
             q0.append(nf.distributions.DiagGaussian(shape, trainable=False))
         self.net = nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
+        self.register_buffer("pixel_per_latent", torch.zeros(()))
         # identity ActNorm until fit() initializes it from data: a built but untrained flow
         # must not change its parameters on the first call
         self.set_actnorm_initialized(True)
+
+    def latent_radius(self, pixel: float) -> float:
+        """ε_z in latent units for a radius in calibrated pixel units (RMS pixel displacement)."""
+        per_latent = float(self.pixel_per_latent)
+        if per_latent <= 0:
+            raise RuntimeError("ijsat: the flow is not calibrated; a flow from the component cache is")
+        return pixel / per_latent
 
     def set_actnorm_initialized(self, done: bool) -> None:
         for m in self.modules():
@@ -115,17 +159,17 @@ class GlowFlow(nn.Module):
                 m.data_dep_init_done.fill_(1.0 if done else 0.0)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        with torch.autocast(x.device.type, enabled=False):
+        with strict_fp32(x.device.type):
             z, _ = self.net.inverse_and_log_det(x.float() - 0.5)
         return z
 
     def decode(self, z: list[torch.Tensor]) -> torch.Tensor:
-        with torch.autocast(z[0].device.type, enabled=False):
+        with strict_fp32(z[0].device.type):
             x, _ = self.net.forward_and_log_det([t.float() for t in z])
         return x + 0.5
 
     def nll(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):
+        with strict_fp32(x.device.type):
             return -self.net.log_prob(x.float() - 0.5, None)
 
 
@@ -165,6 +209,104 @@ def fit_flow(nets, cfg, spec, batches, device) -> None:
     flow.eval()
 
 
+# the gate a trained flow passes before it is cached: bits/dim on held-out images at most
+# MAX_BITS_PER_DIM[data set] (Glow-class flows reach about 3.35 on CIFAR-10, 2.1 on SVHN and 1.05
+# on MNIST; this project's default flow reaches 2.8 on digits, whose 17 grey levels hold 4.1 bits;
+# an untrained flow scores 5.1 there and about 9 on 8-bit images), and a round trip G(F(x))
+# within 1/255 of x (max abs) at the working size. Other data: 5 of the 8 bits an 8-bit pixel
+# holds (in general 0.625·log2 of the grey levels). ``flow_max_bits_per_dim`` overrides it.
+MAX_BITS_PER_DIM = {"digits": 3.5, "mnist": 3.0, "fashion_mnist": 4.5, "svhn": 4.0, "cifar10": 5.0,
+                    "cifar100": 5.0}
+ROUND_TRIP = 1 / 255
+HELD_OUT = 1000  # held-out images the gate and the calibration use, at most
+# latent L∞ radius at which the calibration measures the pixel displacement (the flows here are
+# close to linear there: on digits the ratio moves by under 3% between radii 0.01 and 0.5)
+CALIBRATION_RADIUS = 0.05
+
+
+class FlowRefused(RuntimeError):
+    """A trained flow that fails the gate: not cached; the message is one line for the user."""
+
+
+def max_bits_per_dim(cfg, spec: DataSpec, quantum: float) -> float:
+    if cfg.flow_max_bits_per_dim > 0:
+        return cfg.flow_max_bits_per_dim
+    return MAX_BITS_PER_DIM.get(spec.name, 0.625 * math.log2(1 / quantum))
+
+
+def _chunks(x: torch.Tensor, batch: int):
+    return (x[i:i + batch] for i in range(0, len(x), batch))
+
+
+@torch.no_grad()
+def bits_per_dim(flow: GlowFlow, x: torch.Tensor, quantum: float, batch: int = 128) -> float:
+    """Discrete negative log-likelihood of images on a ``quantum`` grid (1/255 for 8-bit) in bits
+    per dimension, under the flow's density with one fixed uniform dequantization draw:
+    (NLL/dims − ln quantum) / ln 2."""
+    gen = torch.Generator().manual_seed(0)
+    total = 0.0
+    for xb in _chunks(x, batch):
+        noise = (torch.rand(xb.shape, generator=gen) - 0.5).to(xb.device) * quantum
+        total += flow.nll(xb + noise).sum().item()
+    return (total / len(x) / x[0].numel() - math.log(quantum)) / math.log(2)
+
+
+@torch.no_grad()
+def round_trip_error(flow: GlowFlow, x: torch.Tensor, batch: int = 128) -> float:
+    """max |G(F(x)) − x| over the images."""
+    return max((flow.decode(flow.encode(xb)) - xb).abs().max().item() for xb in _chunks(x, batch))
+
+
+@torch.no_grad()
+def calibrate(flow: GlowFlow, x: torch.Tensor, radius: float = CALIBRATION_RADIUS,
+              batch: int = 128) -> dict[str, float]:
+    """Measure and store the flow's ε_z calibration: the RMS pixel displacement
+    ‖G(F(x) + δ_z) − G(F(x))‖₂/√dims per unit latent radius, averaged over the images, for δ_z a
+    random corner of the latent L∞ box of ``radius`` (every entry ±radius: where PGD's signed
+    steps end). RMS per pixel does not grow with the number of pixels, so a radius in these
+    units means the same for an 8×8 and a 32×32 flow. Also returns the mean L∞ displacement per
+    unit radius, for comparison with pixel budgets."""
+    gen = torch.Generator().manual_seed(0)
+    rms, linf = [], []
+    for xb in _chunks(x, batch):
+        z = flow.encode(xb)
+        signs = [(torch.randint(0, 2, t.shape, generator=gen) * 2 - 1).to(t) for t in z]
+        moved = flow.decode([t + radius * s for t, s in zip(z, signs)]) - flow.decode(z)
+        rms.append(moved.flatten(1).pow(2).mean(1).sqrt())
+        linf.append(moved.flatten(1).abs().amax(1))
+    per_latent = torch.cat(rms).mean().item() / radius
+    flow.pixel_per_latent.fill_(per_latent)
+    return {"pixel_rms_per_latent": per_latent, "pixel_linf_per_latent": torch.cat(linf).mean().item() / radius,
+            "calibration_radius": radius}
+
+
+def check_flow(nets, cfg, spec: DataSpec, held_out: torch.Tensor, device) -> dict:
+    """The gate before the flow is cached, then its calibration: bits/dim on ``held_out`` images
+    at most ``max_bits_per_dim`` and the round trip within ROUND_TRIP, or FlowRefused; returns
+    the numbers (stored with the component and logged)."""
+    flow = nets["flow"].eval()
+    x = held_out[:HELD_OUT].to(device)
+    quantum = grey_level(x)
+    bpd, bound, trip = bits_per_dim(flow, x, quantum), max_bits_per_dim(cfg, spec, quantum), round_trip_error(flow, x)
+    log.info("ijsat flow: %.3f bits/dim on %d images (bound %g), round trip %.2g", bpd, len(x), bound, trip)
+    problems = []
+    if not bpd <= bound:  # NaN fails too
+        problems.append(f"{bpd:.3f} bits/dim on {len(x)} images, above the bound {bound:g} for "
+                        f"{spec.name} (flow_max_bits_per_dim)")
+    if not trip < ROUND_TRIP:
+        problems.append(f"G(F(x)) misses x by {trip:.3g} (max abs), not within 1/255")
+    report = {"n": len(x), "bits_per_dim": bpd, "max_bits_per_dim": bound, "round_trip": trip}
+    if not problems:
+        report.update(calibrate(flow, x))
+        if not 0 < report["pixel_rms_per_latent"] < math.inf:
+            problems.append(f"latent steps move no pixel (calibration {report['pixel_rms_per_latent']:.3g})")
+    if problems:
+        raise FlowRefused("ijsat flow refused, not cached: " + "; ".join(problems)
+                          + "; train it longer (flow_epochs) or larger (flow_blocks, flow_hidden)")
+    log.info("ijsat flow: calibration %.4g RMS pixels per unit latent radius", report["pixel_rms_per_latent"])
+    return report
+
+
 def mixed_ce_sum(logits: torch.Tensor, target) -> torch.Tensor:
     """Σ λ·CE(·, y_a) + (1−λ)·CE(·, y_b) for target = (y_a, y_b, λ) with per-example λ."""
     ya, yb, lam = target
@@ -176,7 +318,8 @@ def joint_attack(flow: GlowFlow, model: Callable[[torch.Tensor], torch.Tensor], 
                  eps_x: float, eps_z: float, steps: int, step_factor: float = 2.5, *,
                  loss_fn: Callable = ce_sum, z: list[torch.Tensor] | None = None,
                  random_start: bool = True, return_deltas: bool = False):
-    """Joint Space Attack: PGD on (δ_z, δ_x) of x' = clip(G(F(x) + δ_z) + δ_x, 0, 1).
+    """Joint Space Attack: PGD on (δ_z, δ_x) of x' = clip(G(F(x) + δ_z) + δ_x, 0, 1), with
+    ``eps_z`` in latent units (``GlowFlow.latent_radius`` converts a calibrated radius).
 
     ``loss_fn(logits, y)`` is maximized (summed over the batch; ``y`` is passed through, so a
     tuple target works, see ``mixed_ce_sum``). ``z``: latents of ``x`` if already known
@@ -254,8 +397,9 @@ class IJSAT(Defense):
         return nets
 
     def pretrained(self, cfg, spec):
-        key = {**flow_setting(cfg, spec), "lr": cfg.flow_lr, "batch_size": cfg.flow_batch_size}
-        return [Component("flow", ("flow",), key, fit_flow)]
+        key = {**flow_setting(cfg, spec), "lr": cfg.flow_lr, "batch_size": cfg.flow_batch_size,
+               "calibration_radius": CALIBRATION_RADIUS}
+        return [Component("flow", ("flow",), key, fit_flow, check_flow)]
 
     def train_step(self, ctx, x, y):
         cfg, f, flow = ctx.cfg, ctx.raw["classifier"], ctx.raw["flow"]
@@ -263,8 +407,9 @@ class IJSAT(Defense):
         lam = torch.ones(n, device=x.device)
         ya, yb, points, latents = y, y, x, None
         mix = cfg.mix_weight > 0 and float(torch.rand(())) < cfg.mixup_prob
+        eps_z = flow.latent_radius(cfg.eps_z_pixel)
         with torch.no_grad():
-            z = flow.encode(x) if cfg.eps_z > 0 or (mix and cfg.mixup_space == "latent") else None
+            z = flow.encode(x) if eps_z > 0 or (mix and cfg.mixup_space == "latent") else None
         if mix:
             # the attacked interpolates join the batch: one joint attack over 2n points
             perm = torch.randperm(n, device=x.device)
@@ -278,7 +423,7 @@ class IJSAT(Defense):
         elif z is not None:
             latents = z
         with eval_mode(f):
-            x_adv = joint_attack(flow, f, points, (ya, yb, lam), cfg.eps_train, cfg.eps_z,
+            x_adv = joint_attack(flow, f, points, (ya, yb, lam), cfg.eps_train, eps_z,
                                  cfg.attack_steps, cfg.step_factor, loss_fn=mixed_ce_sum, z=latents)
         use_clean = cfg.clean_weight > 0
         with ctx.autocast():
@@ -305,9 +450,11 @@ class IJSAT(Defense):
         flow = nets["flow"]
 
         def on_manifold(model, x, y, eps):
-            """On-manifold PGD (δ_x = 0) with latent radius cfg.eval_eps_z; ``eps`` (a pixel
-            radius) does not bound an on-manifold example and is not used."""
-            return joint_attack(flow, model, x, y, 0.0, cfg.eval_eps_z, cfg.eval_steps)
+            """On-manifold PGD (δ_x = 0) with latent radius cfg.eval_eps_z_pixel (calibrated
+            pixel units); ``eps`` (a pixel radius) does not bound an on-manifold example and is
+            not used."""
+            return joint_attack(flow, model, x, y, 0.0, flow.latent_radius(cfg.eval_eps_z_pixel), cfg.eval_steps)
 
-        on_manifold.eps, on_manifold.norm = cfg.eval_eps_z, "latent_linf"  # what the results record
+        # what the results record: a latent L∞ ball whose radius is in calibrated pixel units
+        on_manifold.eps, on_manifold.norm = cfg.eval_eps_z_pixel, "latent_px"
         return {"on_manifold": on_manifold}

@@ -110,8 +110,17 @@ def cost_matrix(h1: torch.Tensor, h2: torch.Tensor, cost: str) -> torch.Tensor:
 def ot_distance(h1: torch.Tensor, h2: torch.Tensor, *, cost: str = "sqeuclidean", reg: float = 0.01,
                 iters: int = 100) -> torch.Tensor:
     """Entropic OT transport cost Σ π⊙C between two equally weighted feature batches (B×D each),
-    log-domain Sinkhorn with ``reg`` relative to the median cost; differentiable in both."""
-    h1, h2 = h1.flatten(1).float(), h2.flatten(1).float()  # Sinkhorn in fp32 under autocast
+    log-domain Sinkhorn with ``reg`` relative to the median cost; differentiable in both.
+
+    Cost and Sinkhorn run in fp32 with autocast off whatever the caller's context: the squared
+    distances are ‖a‖² + ‖b‖² − 2a·b, a matmul that autocast would run in bf16 even on fp32
+    inputs, and the near-diagonal costs this term measures (h(x) against h(x_adv)) are small
+    differences of large numbers that bf16's 8-bit mantissa rounds away."""
+    with torch.autocast(device_type=h1.device.type, enabled=False):
+        return _ot_fp32(h1.flatten(1).float(), h2.flatten(1).float(), cost, reg, iters)
+
+
+def _ot_fp32(h1: torch.Tensor, h2: torch.Tensor, cost: str, reg: float, iters: int) -> torch.Tensor:
     c = cost_matrix(h1, h2, cost)
     # a median of 0 (over half the pairs coincide, e.g. collapsed features) would make the
     # regularizer vanish and the unrolled gradient overflow: fall back to the largest cost, then 1
@@ -189,19 +198,31 @@ class RVS(Defense):
         sgd_step(ctx.opts["generator"], -dist, ctx.scheds.get("generator"))
         return dist.item()
 
-    def classifier_step(self, ctx, x, y) -> dict[str, float]:
+    def classifier_loss(self, ctx, x, x_adv, y) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, CE, OT) of the classifier step on the natural batch ``x`` and its synthesized
+        ``x_adv``, in two training-mode passes so that each batch is normalized by its own BN
+        statistics, as in the reference.
+
+        Only the adversarial pass goes through the (maybe DDP-wrapped) network; the natural pass
+        calls the bare module afterwards. Under DDP each wrapped forward first overwrites the BN
+        buffers with rank 0's, in place, and on PyTorch releases from 2.6 until that sync kept
+        the buffers' version counters (2.14 does) the overwrite invalidated the previous pass's saved tensors ("modified by an inplace operation" at backward); a bare
+        pass triggers no such sync. Its gradient is still averaged over the workers: DDP
+        all-reduces each parameter's accumulated gradient, the sum over both passes."""
         cfg, f = ctx.cfg, ctx.raw["classifier"]
-        g = ctx.raw["generator"]
+        with ctx.autocast():
+            logits_adv, h_adv = logits_and_features(ctx.nets["classifier"], f, x_adv)
+            h_nat = f.features(x)
+            ce = smooth_ce(logits_adv, y, cfg.label_smoothing)
+            dist = self.ot(cfg, h_nat, h_adv)
+        return ce + cfg.ot_weight * dist, ce, dist
+
+    def classifier_step(self, ctx, x, y) -> dict[str, float]:
+        cfg, g = ctx.cfg, ctx.raw["generator"]
         with torch.no_grad():
             x_adv = synthesize(x, delta_from(g(g.noise(x.shape[0], x.device)), cfg.eps_train),
                                cfg.eps_train)
-        net = ctx.nets["classifier"]
-        with ctx.autocast():
-            _, h_nat = logits_and_features(net, f, x)  # separate passes: BN statistics per batch
-            logits_adv, h_adv = logits_and_features(net, f, x_adv)
-            ce = smooth_ce(logits_adv, y, cfg.label_smoothing)
-            dist = self.ot(cfg, h_nat, h_adv)
-            loss = ce + cfg.ot_weight * dist
+        loss, ce, dist = self.classifier_loss(ctx, x, x_adv, y)
         sgd_step(ctx.opts["classifier"], loss, ctx.scheds.get("classifier"))
         return {"loss": loss.item(), "ce": ce.item(), "ot": dist.item()}
 

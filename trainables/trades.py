@@ -47,7 +47,12 @@ class TRADES(Defense):
                              cfg.step_factor * cfg.eps_train / cfg.attack_steps)
         net = ctx.nets["classifier"]
         with ctx.autocast():
-            nat, adv = net(x), net(x_adv)  # separate passes: BN statistics as in the reference
+            # separate passes, BN statistics per batch as in the reference; the second calls the
+            # bare module: a second DDP-wrapped forward would overwrite the BN buffers the first
+            # saved for backward (an in-place error on PyTorch 2.6 and later releases whose DDP did not
+            # keep the buffers' version counters); DDP still averages the
+            # gradient summed over both passes
+            adv, nat = net(x_adv), f(x)
             ce = functional.cross_entropy(nat, y)
             kl = functional.kl_div(functional.log_softmax(adv, 1), functional.softmax(nat, 1), reduction="batchmean")
             loss = ce + cfg.beta * kl
