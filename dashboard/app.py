@@ -17,6 +17,7 @@ accuracy against ε.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from contextlib import contextmanager
 import pandas as pd
 import streamlit as st
 
-from dashboard import curves, details, figures, fronts, load, recorded, trial_table, views
+from dashboard import curves, details, efficiency, figures, fronts, lineage, load, recorded, trial_table, views
 from raysearch.schema import HP_PREFIX, hp_columns
 
 logger = logging.getLogger("dashboard")
@@ -124,6 +125,12 @@ def show_details(res: load.Results, keys: list[tuple[str, str]]) -> None:
                     "evaluator": "none (final evaluation's checks)",
                     "dashboard": "none (dashboard checks: gradient-free beating gradient attacks, attack above clean)",
                 }.get(rec.checked_by, "not checked: no final evaluation of this trial"))
+        checks = details.masking_checks(res.trials, keys)
+        if len(checks):
+            st.markdown("Masking checks of the final evaluation: images showing the sign out of n, fired above "
+                        "the limit that noise explains (what: what each counts)")
+            st.dataframe(checks, hide_index=True, width="stretch", key="masking_checks")
+        show_lineage(res, keys)
     with right:
         acc = details.attack_accuracies(res.evals, keys)
         if acc.empty:
@@ -141,22 +148,43 @@ def show_details(res: load.Results, keys: list[tuple[str, str]]) -> None:
                        "runs the seen attacks at further radii.")
 
 
+def show_lineage(res: load.Results, keys: list[tuple[str, str]]) -> None:
+    """Population-based training: which trials each selected one's weights descend from, at
+    which epoch each clone happened and which hyperparameters it changed."""
+    events = lineage.lineage(res.trials, keys)
+    if events.empty:
+        return
+    st.markdown("Lineage (population-based training: clones of a better trial's checkpoint and hyperparameters)")
+    st.dataframe(events, hide_index=True, width="stretch", key="lineage")
+    for trial in dict.fromkeys(events["trial"]):
+        st.caption(f"{trial}: weights from {lineage.chain(events, trial)}")
+
+
 def tab_front(res: load.Results, table: pd.DataFrame, group: str, cmap: dict, view: views.View) -> None:
     pts = table.dropna(subset=["clean", "robust"])
     chosen: list[tuple[str, str]] = []
     if pts.empty:
         st.info(f"No trial has a result under “{view.label}” yet.")
     else:
-        fig = figures.front_figure(table, group, cmap, view.label)
+        fig = figures.front_figure(table, group, cmap, view)
         event = st.plotly_chart(fig, key="front_chart", on_select="rerun", selection_mode=("points", "box", "lasso"))
         chosen = details.selected_keys(_points(event))
+        notes = []
+        if view.proxy:
+            notes.append("Proxy: the search's cheap per-epoch estimate on validation images, not the final attack "
+                         "suite.")
         if pts[[views.CLEAN[1], views.ROBUST[1]]].notna().any().any():
-            st.caption("Error bars: 95% Wilson intervals, from each accuracy and the images it was measured on.")
+            notes.append("Error bars: 95% Wilson intervals, from each accuracy and the images it was measured on.")
+        if pts[views.MASKING].astype(bool).any():
+            notes.append("Diamonds: a gradient-masking check of the final evaluation fired (details below).")
+        if notes:
+            st.caption(" ".join(notes))
         hv = fronts.hypervolumes(pts, group)
         cols = st.columns(min(len(hv), 6))
         for i, (g, v) in enumerate(sorted(hv.items())):
             front = int(pts.loc[pts[group] == g, "on_front"].sum())
-            cols[i % len(cols)].metric(f"hypervolume · {g}", f"{v:.4f}", help="area dominated by the front, from (0, 0)",
+            cols[i % len(cols)].metric(f"hypervolume · {g}", f"{v:.4f}",
+                                       help=f"area dominated by the front ({view.robust_title}), from (0, 0)",
                                        delta=f"{front} on front / {int((pts[group] == g).sum())}", delta_color="off",
                                        delta_arrow="off")
     labels = {details.label(e, t): (e, t) for e, t in res.trials[load.KEY].itertuples(index=False)}
@@ -189,27 +217,35 @@ def tab_seen_unseen(res: load.Results, group: str, cmap: dict) -> None:
     st.plotly_chart(figures.seen_unseen_fronts_figure(tables, group, cmap), key="seen_unseen_fronts")
 
 
-def tab_hypervolume(table: pd.DataFrame, group: str, cmap: dict, view: views.View) -> None:
+def tab_hypervolume(res: load.Results, table: pd.DataFrame, group: str, cmap: dict, view: views.View) -> None:
     curve = fronts.hypervolume_curve(table, group)
     if curve.empty:
         st.info("No finished trial yet.")
         return
-    st.caption(f"Hypervolume of each front (clean × {view.label}, reference point (0, 0)) after each finished "
-               "trial in completion order; failed trials count towards trials and device-hours.")
+    st.caption(f"Hypervolume of each front ({view.clean_axis} × {view.robust_title}, reference point (0, 0)) "
+               "after each finished trial in completion order; failed trials count towards trials and device-hours.")
     left, right = st.columns(2)
     with left:
         st.plotly_chart(figures.curve_figure(curve, "n_trials", group, cmap, "against trials"), key="hv_trials")
     with right:
         st.plotly_chart(figures.curve_figure(curve, "device_hours", group, cmap, "against device-hours"),
                         key="hv_hours")
+    per_scheduler = efficiency.scheduler_curves(res.trials, res.evals, res.recorded)
+    if len(per_scheduler):
+        st.caption("Per experiment, labelled by its scheduler: the hypervolume of the trials finished so far "
+                   "against the device-hours the search spent on them, under the proxy (per-epoch estimate) and, "
+                   "where a final evaluation ran, under the final suite's worst case over seen attacks.")
+        st.plotly_chart(figures.scheduler_figure(per_scheduler, figures.colours(per_scheduler["scheduler"])),
+                        key="hv_schedulers")
 
 
-def tab_trials(res: load.Results, table: pd.DataFrame) -> None:
+def tab_trials(res: load.Results, table: pd.DataFrame, view: views.View) -> None:
     full = trial_table.trial_table(res.trials, table)
     c1, c2, c3, c4 = st.columns([2, 2, 2, 2])
     methods = c1.multiselect("Methods", sorted(full["method"].unique()), key="f_methods")
     statuses = c2.multiselect("Status", sorted(full["status"].unique()), key="f_status")
-    min_robust = c3.slider("Robust accuracy at least", 0.0, 1.0, 0.0, 0.01, key="f_robust")
+    min_robust = c3.slider(("Proxy robust" if view.proxy else "Robust") + " accuracy at least", 0.0, 1.0, 0.0, 0.01,
+                           key="f_robust")
     sort_by = c4.selectbox("Sort by", ["robust", "clean", "finished_at", "device_s", "trial_id"] +
                            hp_columns(full.columns), key="f_sort")
     c5, c6, _ = st.columns([2, 2, 4])
@@ -218,7 +254,8 @@ def tab_trials(res: load.Results, table: pd.DataFrame) -> None:
     shown = trial_table.filter_trials(full, methods, statuses, front_only, min_robust, sort_by, descending)
     st.caption(f"{len(shown)} of {len(full)} trials")
     st.dataframe(shown, hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("clean", "robust")})
+                 column_config={c: st.column_config.NumberColumn(format="%.4f", help=title) for c, title in
+                                (("clean", view.clean_axis), ("robust", view.robust_title))})
     st.download_button("Download CSV", trial_table.to_csv(shown), file_name="trials.csv", mime="text/csv", key="csv")
 
 
@@ -232,7 +269,7 @@ def tab_hyperparameters(res: load.Results, table: pd.DataFrame, cmap: dict, view
     c1, c2 = st.columns(2)
     method = c1.selectbox("Method", methods, key="hp_method")
     colour = c2.selectbox("Colour by", ["robust", "clean"], key="hp_colour",
-                          format_func=lambda c: f"{c} accuracy ({view.label})")
+                          format_func=lambda c: view.robust_title if c == "robust" else view.clean_axis)
     trials = res.trials[res.trials["method"] == method]
     merged = trials.merge(table[load.KEY + ["clean", "robust"]], on=load.KEY, how="left").dropna(subset=[colour])
     if merged.empty:
@@ -247,7 +284,7 @@ def tab_hyperparameters(res: load.Results, table: pd.DataFrame, cmap: dict, view
         return
     st.caption("Searched knobs: " + ", ".join(c.removeprefix(HP_PREFIX) for c in hp_cols)
                + ("" if space else " (no search space in experiment.json: knobs that vary across trials)"))
-    label = f"{colour} acc."
+    label = ("proxy " if view.proxy else "") + f"{colour} acc."
     st.plotly_chart(figures.parallel_figure(merged, hp_cols, space, colour, label), key="hp_parallel")
     st.plotly_chart(figures.slice_figure(merged, hp_cols, space, colour, label, cmap.get(method, "#636efa")),
                     key="hp_slices")
@@ -306,28 +343,35 @@ def main() -> None:
         st.info("No trials to show.")
         watch(args.results, stamp, args.refresh)
         return
-    options = {v.key: v for v in views.views(res.evals)}
-    if st.session_state.get("view") not in options:
-        st.session_state["view"] = views.PROXY  # the final rows it named are gone (experiment hidden)
+    options = {v.key: v for v in views.views(res.evals, res.trials)}
+    opening = views.default_view(list(options.values()))
+    shown_view = st.session_state.get("view")
+    if shown_view not in options or shown_view == st.session_state.get("view_auto"):
+        # not the reader's choice: the final rows it named are gone (experiment hidden), or it was the
+        # opening view and a final evaluation has finished since
+        st.session_state["view"] = opening
+    st.session_state["view_auto"] = opening
     left, right = st.columns([3, 1])
     key = left.selectbox("Robust accuracy under", list(options), key="view", format_func=lambda k: options[k].label,
-                         help="The search's per-epoch proxy, or the final attack suite (after the search).")
+                         help="The final attack suite (after the search; the default once it has run), or the "
+                              "search's per-epoch proxy.")
     view = options[key]
     radius = pick_radius(right, res, view)
     if radius is None:
         table = fronts.with_front(views.objectives(res.trials, res.evals, view.key), group)
     else:
         table = fronts.with_front(curves.objectives_at(res.trials, res.evals, view.key, radius), group)
-        view = views.View(view.key, curves.label_at(view.label, radius))
+        view = dataclasses.replace(view, label=curves.label_at(view.label, radius),
+                                   robust_axis=curves.label_at(view.robust_title, radius))
     tabs = st.tabs(["Pareto front", "Seen vs unseen", "Hypervolume", "Trials", "Hyperparameters"])
     with tabs[0], guarded("the Pareto front"):
         tab_front(res, table, group, cmap, view)
     with tabs[1], guarded("seen vs unseen"):
         tab_seen_unseen(res, group, cmap)
     with tabs[2], guarded("the hypervolume curves"):
-        tab_hypervolume(table, group, cmap, view)
+        tab_hypervolume(res, table, group, cmap, view)
     with tabs[3], guarded("the trial table"):
-        tab_trials(res, table)
+        tab_trials(res, table, view)
     with tabs[4], guarded("the hyperparameter effects"):
         tab_hyperparameters(res, table, cmap, view)
     watch(args.results, stamp, args.refresh)

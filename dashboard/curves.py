@@ -85,8 +85,9 @@ def at_radius(trials: pd.DataFrame, evals: pd.DataFrame, radius: float) -> pd.Da
 
 
 def objectives_at(trials: pd.DataFrame, evals: pd.DataFrame, view: str, radius: float) -> pd.DataFrame:
-    """:func:`dashboard.views.objectives` of a seen-attack ``view`` at ``radius``."""
-    return objectives(trials, at_radius(trials, evals, radius), view)
+    """:func:`dashboard.views.objectives` of a seen-attack ``view`` at ``radius`` (from the
+    rows at that radius alone: the trials' final summary is at ε_eval)."""
+    return objectives(trials, at_radius(trials, evals, radius), view, summary=False)
 
 
 def label_at(label: str, radius: float) -> str:

@@ -1,20 +1,21 @@
 """What the page shows about selected trials: which trials a chart selection names, their
-hyperparameters, their accuracy per attack and their gradient-masking flags."""
+hyperparameters, their accuracy per attack, their gradient-masking flags and the counts of the
+final evaluation's masking checks."""
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Iterable
 
-import numpy as np
 import pandas as pd
 
 from dashboard.load import KEY
+from dashboard.masking import checks, flag_list
 from dashboard.views import ACCURACY, attack_rows, clean_accuracy, final_rows, is_aggregate, is_curve
 from raysearch.schema import HP_PREFIX, Stage, Threat, hp_columns
 
 THREAT_ORDER = {Threat.CLEAN: 0, Threat.SEEN: 1, Threat.UNSEEN: 2}  # checks and the rest after these
 GRADIENT_FREE = "square"  # the family of the suite's gradient-free attack
+CHECK_COLUMNS = ["trial", "check", "count", "n", "limit", "fired", "what"]  # masking_checks' table
 
 
 def label(experiment: str, trial_id: str) -> str:
@@ -89,24 +90,6 @@ def attack_accuracies(evals: pd.DataFrame, keys: Iterable[tuple[str, str]]) -> p
     return out.sort_values(["trial", "_o", "attack"]).reindex(columns=cols).reset_index(drop=True)
 
 
-def _flag_list(value: Any) -> list[str]:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return []
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [str(v) for v in value if str(v)]
-    text = str(value).strip()
-    if not text:
-        return []
-    if text.startswith("["):
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, list):
-            return [str(v) for v in parsed if str(v)]
-    return [t.strip() for t in text.replace(";", ",").split(",") if t.strip()]
-
-
 def _evaluator_flags(trials: pd.DataFrame, key: tuple[str, str]) -> list[str] | None:
     """The final evaluation's own flags for ``key``; None where it did not check the trial. It
     writes ``masking_flags`` ('' when clean) together with ``final_clean_acc``, so a trial
@@ -116,8 +99,8 @@ def _evaluator_flags(trials: pd.DataFrame, key: tuple[str, str]) -> list[str] | 
     rows = trials[(trials["experiment"] == key[0]) & (trials["trial_id"] == key[1])]
     evaluated = rows["final_clean_acc"].notna() if "final_clean_acc" in rows else pd.Series(False, index=rows.index)
     for flags, checked in zip(rows["masking_flags"], evaluated):
-        if checked or _flag_list(flags):
-            return _flag_list(flags)
+        if checked or flag_list(flags):
+            return flag_list(flags)
     return None
 
 
@@ -156,3 +139,17 @@ def masking_flags(trials: pd.DataFrame, evals: pd.DataFrame, keys: Iterable[tupl
                              f"accuracy {clean.max():.3f}")
         rows.append({"trial": label(*key), "flags": flags, "checked_by": "dashboard" if len(fin) else ""})
     return pd.DataFrame(rows, columns=["trial", "flags", "checked_by"])
+
+
+def masking_checks(trials: pd.DataFrame, keys: Iterable[tuple[str, str]]) -> pd.DataFrame:
+    """One row per (selected trial, masking check) from ``masking_checks``: how many of the n
+    images the check counted, the limit above which it fires, whether it fired and what it
+    counts; fired checks first. Trials without checks (not evaluated, or evaluated before
+    checks had counts) have no rows."""
+    rows = []
+    sub = _subset(trials, keys).reindex(columns=KEY + ["masking_checks"])
+    for experiment, trial_id, value in sub.itertuples(index=False):
+        for name, c in checks(value).items():
+            rows.append({"trial": label(experiment, trial_id), "check": name, **c})
+    out = pd.DataFrame(rows, columns=CHECK_COLUMNS)
+    return out.sort_values(["trial", "fired"], ascending=[True, False], kind="stable", ignore_index=True)

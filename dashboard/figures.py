@@ -10,13 +10,14 @@ import plotly.graph_objects as go
 from plotly.colors import convert_colors_to_same_type, qualitative
 from plotly.subplots import make_subplots
 
-from dashboard.views import UNION_UNSEEN, WORST_SEEN, with_interval
+from dashboard.views import MASKING, UNION_UNSEEN, WORST_SEEN, View, with_interval
 from raysearch.schema import HP_PREFIX, Status
 
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Set2
 FADED = 0.3  # marker opacity of dominated trials
 PCT = ".1%"
 OTHER = "#888"  # a group without a colour of its own
+FLAGGED = "diamond"  # marker of a trial whose final evaluation fired a gradient-masking check
 
 
 def colours(groups) -> dict[str, str]:
@@ -26,7 +27,14 @@ def colours(groups) -> dict[str, str]:
 def _hover(group: str) -> str:
     return ("<b>%{customdata[1]}</b><br>%{customdata[0]}<br>" + group + ": %{customdata[3]}<br>"
             "status: %{customdata[2]}<br>clean %{x:.3f}%{customdata[4]} · robust %{y:.3f}%{customdata[5]}"
-            "<extra></extra>")
+            "%{customdata[6]}<extra></extra>")
+
+
+def _symbols(part: pd.DataFrame) -> list[str]:
+    """Circles, diamonds for trials a masking check flagged; open while the trial runs."""
+    flagged = part[MASKING].astype(bool) if MASKING in part else pd.Series(False, index=part.index)
+    return [(FLAGGED if f else "circle") + ("-open" if r else "")
+            for f, r in zip(flagged, part["status"] == Status.RUNNING)]
 
 
 def _translucent(colour: str, alpha: float) -> str:
@@ -66,9 +74,13 @@ def interval_text(table: pd.DataFrame, name: str) -> list[str]:
 def add_front(fig: go.Figure, table: pd.DataFrame, group: str, cmap: dict[str, str], row=None, col=None,
               legend: bool = True) -> None:
     """Each group's front as a staircase (the border of the region it dominates), its
-    dominated trials faded, running trials as open markers."""
+    dominated trials faded, running trials as open markers, trials flagged by a
+    gradient-masking check as diamonds (with a legend entry of their own)."""
     pts = table.dropna(subset=["clean", "robust"])
     kw = {} if row is None else {"row": row, "col": col}
+    if legend and MASKING in pts and pts[MASKING].astype(bool).any():
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="masking check fired",
+                                 marker={"color": OTHER, "size": 10, "symbol": FLAGGED}), **kw)
     for g, sub in pts.groupby(group, sort=True):
         c = cmap.get(g, OTHER)
         if legend:  # a data-free entry, so the legend's symbol does not follow the first trial's status
@@ -78,16 +90,17 @@ def add_front(fig: go.Figure, table: pd.DataFrame, group: str, cmap: dict[str, s
             part = sub[sub["on_front"] == on].sort_values("clean")
             if part.empty:
                 continue
-            running = part["status"] == Status.RUNNING
             bar_colour = _translucent(c, 0.6 if on else FADED)  # 95% intervals, fainter than the points
+            flags = part[MASKING] if MASKING in part else pd.Series("", index=part.index)
             customdata = part[["experiment", "trial_id", "status", group]].astype(str).assign(
-                clean_interval=interval_text(part, "clean"), robust_interval=interval_text(part, "robust"))
+                clean_interval=interval_text(part, "clean"), robust_interval=interval_text(part, "robust"),
+                masking=["<br>masking check fired: " + f if f else "" for f in flags])
             fig.add_trace(go.Scatter(
                 x=part["clean"], y=part["robust"], mode="lines+markers" if on else "markers",
                 name=str(g), legendgroup=str(g), showlegend=False,
                 line={"color": c, "shape": "vh", "width": 2},
                 marker={"color": c, "size": 11 if on else 8, "opacity": 1.0 if on else FADED,
-                        "symbol": ["circle-open" if r else "circle" for r in running],
+                        "symbol": _symbols(part),
                         "line": {"width": 1, "color": "white" if on else c}},
                 error_x=error_bars(part, "clean", bar_colour), error_y=error_bars(part, "robust", bar_colour),
                 customdata=customdata.to_numpy(), hovertemplate=_hover(group)), **kw)
@@ -104,14 +117,15 @@ def span(values) -> list[float] | None:
     return [max(lo - pad, -0.01), min(hi + pad, 1.01)]
 
 
-def front_figure(table: pd.DataFrame, group: str, cmap: dict[str, str], robust_label: str) -> go.Figure:
+def front_figure(table: pd.DataFrame, group: str, cmap: dict[str, str], view: View) -> go.Figure:
+    """The fronts under ``view``, its axes titled by it (the proxy's say "proxy", and so does
+    the legend's title)."""
     fig = go.Figure()
     add_front(fig, table, group, cmap)
     fig.update_layout(height=520, margin={"l": 10, "r": 10, "t": 30, "b": 10}, uirevision="front",
-                      legend_title_text=group,
-                      xaxis={"title": "clean accuracy", "tickformat": PCT, "range": span(table["clean"])},
-                      yaxis={"title": f"robust accuracy ({robust_label.split(' (')[0].lower()})", "tickformat": PCT,
-                             "range": span(table["robust"])})
+                      legend_title_text=f"{group} · proxy" if view.proxy else group,
+                      xaxis={"title": view.clean_axis, "tickformat": PCT, "range": span(table["clean"])},
+                      yaxis={"title": view.robust_title, "tickformat": PCT, "range": span(table["robust"])})
     return fig
 
 
@@ -146,7 +160,7 @@ def seen_unseen_figure(su: pd.DataFrame, group: str, cmap: dict[str, str]) -> go
                     name="unseen = seen", hoverinfo="skip")
     fig.update_layout(height=420, title="Robustness per trial: seen vs unseen",
                       xaxis={"title": "worst case over seen attacks", "tickformat": PCT},
-                      yaxis={"title": "union over unseen attacks", "tickformat": PCT},
+                      yaxis={"title": "union over unseen adversarial attacks", "tickformat": PCT},
                       margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig
 
@@ -169,7 +183,7 @@ def seen_unseen_fronts_figure(tables: list[pd.DataFrame], group: str, cmap: dict
     """The fronts under worst_seen (left) and under union_unseen (right) on shared axes;
     ``tables`` are the two objective tables with ``on_front``."""
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True,
-                        subplot_titles=["clean vs worst case over seen", "clean vs union over unseen"])
+                        subplot_titles=["clean vs worst case over seen", "clean vs union over unseen adversarial"])
     both = pd.concat(tables)
     for i, table in enumerate(tables, start=1):
         add_front(fig, table, group, cmap, row=1, col=i, legend=i == 1)
@@ -188,6 +202,27 @@ def curve_figure(curve: pd.DataFrame, x: str, group: str, cmap: dict[str, str], 
                         hovertemplate="after %{customdata[0]}<br>%{x:.3g}: %{y:.4f}<extra>" + str(g) + "</extra>")
     fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10}, title=title,
                       xaxis_title=x.replace("_", " "), yaxis_title="hypervolume")
+    return fig
+
+
+def scheduler_figure(curve: pd.DataFrame, cmap: dict[str, str]) -> go.Figure:
+    """Hypervolume against device-hours, one line per experiment and objective (the table of
+    :func:`dashboard.efficiency.scheduler_curves`): coloured by scheduler, the proxy's solid and
+    the final suite's dashed."""
+    fig = go.Figure()
+    for (experiment, objective), sub in curve.groupby(["experiment", "objective"], sort=True):
+        sched = str(sub["scheduler"].iloc[0])
+        name = f"{sched} · {experiment} · {objective}"
+        fig.add_scatter(x=sub["device_hours"], y=sub["hypervolume"], mode="lines+markers", name=name,
+                        legendgroup=sched, line={"shape": "hv", "color": cmap.get(sched, OTHER),
+                                                 "dash": "solid" if objective == "proxy" else "dash"},
+                        customdata=sub[["trial_id"]].to_numpy(),
+                        hovertemplate="after %{customdata[0]}<br>%{x:.3g} device-hours: %{y:.4f}<extra>"
+                                      + name + "</extra>")
+    fig.update_layout(height=420, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      title="Hypervolume against device-hours per scheduler (solid: proxy, dashed: final suite)",
+                      xaxis_title="device-hours (search, cumulative)", yaxis_title="hypervolume",
+                      legend={"orientation": "h", "y": -0.25})
     return fig
 
 

@@ -43,5 +43,5 @@ def hypervolume_curve(table: pd.DataFrame, group: str = "method", ref=(0.0, 0.0)
             rows.append({group: g, "n_trials": n, "device_hours": hours,
                          "hypervolume": hypervolume_2d(front, ref), "trial_id": rec.trial_id,
                          "experiment": rec.experiment, "finished_at": rec.finished_at})
-    return pd.DataFrame(rows, columns=[group, "n_trials", "device_hours", "hypervolume", "trial_id",
-                                       "experiment", "finished_at"])
+    columns = dict.fromkeys([group, "n_trials", "device_hours", "hypervolume", "trial_id", "experiment", "finished_at"])
+    return pd.DataFrame(rows, columns=list(columns))  # one "experiment" column when grouped by it

@@ -8,6 +8,8 @@ import pandas as pd
 
 from raysearch.schema import HP_PREFIX, hp_columns
 
+UNKNOWN = "unknown"  # a scheduler experiment.json does not name
+
 
 def search_space(recorded: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Field -> distribution from an experiment.json (``search_space``, also looked for under
@@ -39,3 +41,11 @@ def experiment_summary(recorded: dict[str, Any]) -> dict[str, Any]:
         if k in recorded:
             out[k] = recorded[k]
     return out
+
+
+def scheduler(recorded: dict[str, Any]) -> str:
+    """The trial scheduler an experiment ran with (``config.scheduler``: none, moasha, mopbt);
+    "unknown" where its experiment.json does not say."""
+    config = recorded.get("config") if isinstance(recorded.get("config"), dict) else recorded
+    value = config.get("scheduler")
+    return str(value) if isinstance(value, str) and value else UNKNOWN

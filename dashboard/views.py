@@ -3,8 +3,12 @@
 The objectives are accuracies in [0, 1], both maximized. The views:
 
 * ``proxy`` — the per-epoch seen-attack proxy of the search (``trials.parquet`` clean_acc and
-  robust_acc, i.e. evals stage ``trial`` at the last epoch), available for every trial;
-* ``worst_seen`` / ``union_unseen`` — the final suite's aggregates (evals stage ``final``);
+  robust_acc, i.e. evals stage ``trial`` at the last epoch), available for every trial; a cheap
+  estimate on validation images that steers the search, so every label of it says "proxy";
+* ``worst_seen`` / ``union_unseen`` — the final suite's aggregates: ``trials.parquet``
+  final_clean_acc with final_worst_seen or final_union_unseen (the union over the unseen
+  adversarial attacks; corruptions are reported apart), else evals stage ``final``. The page
+  opens on ``worst_seen`` once a final evaluation exists (:func:`default_view`);
 * ``attack:<name>`` — one attack of the final suite; ``family:<name>`` — the worst attack of
   one family. Final rows exist only for the trials the final evaluation covered (the Pareto
   candidates), and only once it has run.
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from dashboard.load import KEY
+from dashboard.masking import fired_text
 from raysearch.schema import CURVE_MARK, Stage, Status, Threat, interval_names
 
 PROXY = "proxy"
@@ -32,6 +37,10 @@ WORST_SEEN = "worst_seen"
 UNION_UNSEEN = "union_unseen"
 AGGREGATES = (WORST_SEEN, UNION_UNSEEN)
 AGGREGATE_NORM = "mixed"  # the evaluator's norm of rows that summarize several attacks
+FINAL_CLEAN = "final_clean_acc"
+SUMMARY = {WORST_SEEN: "final_worst_seen", UNION_UNSEEN: "final_union_unseen"}  # trials.parquet's final summary
+MASKING = "masking"  # objectives' column: what the masking checks flagged
+CORRUPTION = "corruption"  # the family of natural corruptions: unseen, but no attack
 
 
 def with_interval(name: str) -> list[str]:
@@ -41,12 +50,28 @@ def with_interval(name: str) -> list[str]:
 
 ACCURACY = with_interval("accuracy")  # an evals row's accuracy and its interval
 CLEAN, ROBUST = with_interval("clean"), with_interval("robust")  # the objectives and their intervals
+FINAL_CLEAN_AXIS = "clean accuracy (final suite)"
 
 
 @dataclass(frozen=True)
 class View:
     key: str  # "proxy" | "worst_seen" | "union_unseen" | "attack:<name>" | "family:<name>"
-    label: str
+    label: str  # the selector's text
+    robust_axis: str = ""  # the robust axis' title; "": the label, starting lower case
+    clean_axis: str = FINAL_CLEAN_AXIS
+
+    @property
+    def proxy(self) -> bool:
+        return self.key == PROXY
+
+    @property
+    def robust_title(self) -> str:
+        return self.robust_axis or self.label[:1].lower() + self.label[1:]
+
+
+# The search's per-epoch estimate: worst of PGD-CE and PGD-margin per image, on validation images.
+PROXY_VIEW = View(PROXY, "Proxy robust (PGD-CE/margin, per epoch)", "proxy robust accuracy (PGD-CE/margin, per epoch)",
+                  "proxy clean accuracy (per epoch)")
 
 
 def is_curve(rows: pd.DataFrame) -> pd.Series:
@@ -71,6 +96,18 @@ def is_aggregate(rows: pd.DataFrame) -> pd.Series:
 def attack_rows(fin: pd.DataFrame) -> pd.DataFrame:
     """Single attacks (no aggregates, no clean, no sanity checks such as the ε sweep)."""
     return fin[fin["threat"].isin([Threat.SEEN, Threat.UNSEEN]) & ~is_aggregate(fin)]
+
+
+def unseen_adversarial(attacks: pd.DataFrame) -> pd.Series:
+    """Unseen attacks proper: the unseen threat without the natural corruptions, which are
+    reported apart (the union over unseen attacks means the same for every method)."""
+    return (attacks["threat"] == Threat.UNSEEN) & (attacks["family"] != CORRUPTION)
+
+
+def _family_worst(fin: pd.DataFrame, families: list[str]) -> pd.Series:
+    """The stored per-image worst cases of ``families``: their aggregate rows other than means
+    (``worst_<family>``; the corruptions' ``union_corruptions``)."""
+    return is_aggregate(fin) & fin["family"].isin(families) & ~fin["attack"].str.startswith("mean_")
 
 
 def _extreme(rows: pd.DataFrame, highest: bool) -> pd.DataFrame:
@@ -102,21 +139,30 @@ def clean_accuracy(rows: pd.DataFrame) -> pd.Series:
     return _clean(rows)["accuracy"]
 
 
-def views(evals: pd.DataFrame) -> list[View]:
+def _summarized(trials: pd.DataFrame | None, key: str) -> bool:
+    """Whether some trial's final summary column of aggregate ``key`` holds a value."""
+    return trials is not None and len(trials) > 0 and trials.get(SUMMARY[key], pd.Series(dtype=float)).notna().any()
+
+
+def views(evals: pd.DataFrame, trials: pd.DataFrame | None = None) -> list[View]:
     """The objective views the data supports: the proxy always, the final ones once there are
-    final rows."""
-    out = [View(PROXY, "Per-epoch proxy (seen attack, last epoch)")]
+    final rows (or, for the aggregates, final summaries in ``trials``)."""
+    out = [PROXY_VIEW]
     fin = final_rows(evals)
+    attacks = attack_rows(fin) if len(fin) else fin
+    if _summarized(trials, WORST_SEEN) or len(fin) and (
+            (fin["attack"] == WORST_SEEN).any() or (attacks["threat"] == Threat.SEEN).any()):
+        out.append(View(WORST_SEEN, "Worst case over seen attacks (final)",
+                        "worst case over seen attacks (final suite)"))
+    if _summarized(trials, UNION_UNSEEN) or len(fin) and (
+            (fin["attack"] == UNION_UNSEEN).any() or unseen_adversarial(attacks).any()):
+        out.append(View(UNION_UNSEEN, "Union over unseen adversarial attacks (final)",
+                        "union over unseen adversarial attacks (final suite)"))
     if fin.empty:
         return out
-    attacks = attack_rows(fin)
-    if (fin["attack"] == WORST_SEEN).any() or (attacks["threat"] == Threat.SEEN).any():
-        out.append(View(WORST_SEEN, "Worst case over seen attacks (final)"))
-    if (fin["attack"] == UNION_UNSEEN).any() or (attacks["threat"] == Threat.UNSEEN).any():
-        out.append(View(UNION_UNSEEN, "Union over unseen attacks (final)"))
     families = attacks.groupby(["threat", "family"])["attack"].nunique()
     other = fin[is_aggregate(fin) & ~fin["attack"].isin(AGGREGATES)
-                & ~fin["attack"].isin([f"worst_{f}" for _, f in families.index])]
+                & ~_family_worst(fin, [f for _, f in families.index])]
     for name in sorted(other["attack"].unique()):
         out.append(View(f"attack:{name}", f"aggregate: {name}"))
     for threat in (Threat.SEEN, Threat.UNSEEN):
@@ -126,6 +172,13 @@ def views(evals: pd.DataFrame) -> list[View]:
         for name in sorted(attacks.loc[attacks["threat"] == threat, "attack"].unique()):
             out.append(View(f"attack:{name}", f"{threat} attack: {name}"))
     return out
+
+
+def default_view(options: list[View]) -> str:
+    """The view the page opens on: the final suite's worst case over seen attacks where the
+    shown experiments have one, else the proxy."""
+    keys = [v.key for v in options]
+    return WORST_SEEN if WORST_SEEN in keys else PROXY
 
 
 def _as(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -150,11 +203,12 @@ def _final_robust(fin: pd.DataFrame, key: str) -> pd.DataFrame:
         direct = _extreme(fin[fin["attack"] == key], False)
         # Without the stored aggregate the worst single attack is used: for a per-image worst
         # case over attacks that is an upper bound.
-        threat = Threat.SEEN if key == WORST_SEEN else Threat.UNSEEN
-        return _first_of(direct, _extreme(attacks[attacks["threat"] == threat], False))
+        single = attacks[attacks["threat"] == Threat.SEEN] if key == WORST_SEEN else \
+            attacks[unseen_adversarial(attacks)]
+        return _first_of(direct, _extreme(single, False))
     kind, _, name = key.partition(":")
     if kind == "family":
-        direct = _extreme(fin[fin["attack"] == f"worst_{name}"], False)
+        direct = _extreme(fin[_family_worst(fin, [name])], False)
         return _first_of(direct, _extreme(attacks[attacks["family"] == name], False))
     return _extreme(fin[fin["attack"] == name], False)
 
@@ -168,14 +222,19 @@ def _fill(out: pd.DataFrame, where: pd.Series, columns: list[str], values: pd.Da
             out.loc[where, column] = picked[column].to_numpy(dtype=float)
 
 
-def objectives(trials: pd.DataFrame, evals: pd.DataFrame, view: str = PROXY) -> pd.DataFrame:
+def objectives(trials: pd.DataFrame, evals: pd.DataFrame, view: str = PROXY, summary: bool = True) -> pd.DataFrame:
     """One row per trial: key, method, status, ``clean`` and ``robust`` under ``view`` (NaN
     where the trial has no such measurement, e.g. failed trials or trials the final evaluation
-    did not cover), each with the 95% interval of its measurement (``CLEAN``, ``ROBUST``)."""
+    did not cover), each with the 95% interval of its measurement (``CLEAN``, ``ROBUST``),
+    and ``masking``: what the final evaluation's gradient-masking checks flagged ('' if
+    nothing, or not evaluated). Under the final aggregates the trial's own final summary
+    (``final_clean_acc``, ``final_worst_seen``, ``final_union_unseen``) wins over the evals
+    rows, unless ``summary`` is off (``evals`` then describe another radius than the summary's)."""
     cols = KEY + ["method", "status", "finished_at", "device_s"]
     if trials.empty:
-        return pd.DataFrame(columns=cols + CLEAN + ROBUST)
+        return pd.DataFrame(columns=cols + [MASKING] + CLEAN + ROBUST)
     out = trials[cols].copy()
+    out[MASKING] = fired_text(trials).to_numpy()
     search_time = trials.reindex(columns=with_interval("clean_acc") + with_interval("robust_acc"))
     search_time.index = out.index
     if view == PROXY:
@@ -192,15 +251,28 @@ def objectives(trials: pd.DataFrame, evals: pd.DataFrame, view: str = PROXY) -> 
     for name in CLEAN + ROBUST:
         out[name] = math.nan
     fin = final_rows(evals)
-    if fin.empty:
-        return out
-    both = pd.concat([_as(_clean(fin), CLEAN), _as(_final_robust(fin, view), ROBUST)], axis=1)
-    _fill(out, pd.Series(True, index=out.index), CLEAN + ROBUST, both)
+    if len(fin):
+        both = pd.concat([_as(_clean(fin), CLEAN), _as(_final_robust(fin, view), ROBUST)], axis=1)
+        _fill(out, pd.Series(True, index=out.index), CLEAN + ROBUST, both)
+    if summary and view in SUMMARY:
+        _from_summary(out, trials, SUMMARY[view])
     # A trial with final attack rows but no final clean row falls back to its search-time clean accuracy.
     fallback = out["robust"].notna() & out["clean"].isna()
     for name, column in zip(CLEAN, with_interval("clean_acc")):
         out.loc[fallback, name] = search_time.loc[fallback, column]
     return out
+
+
+def _from_summary(out: pd.DataFrame, trials: pd.DataFrame, robust: str) -> None:
+    """Overwrite ``out``'s objectives with the trials' final summary where it holds ``robust``:
+    the robust column and ``final_clean_acc``, each with its interval."""
+    stored = trials.reindex(columns=with_interval(FINAL_CLEAN) + with_interval(robust)).astype(float)
+    stored.index = out.index
+    has = stored[robust].notna()
+    for names, column in ((ROBUST, robust), (CLEAN, FINAL_CLEAN)):
+        where = has & stored[column].notna()
+        for name, source in zip(names, with_interval(column)):
+            out.loc[where, name] = stored.loc[where, source]
 
 
 def seen_unseen(trials: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:

@@ -4,6 +4,7 @@ columns, per-epoch and final rows, a failed and a running trial, and (``curve``)
 curve's rows at further radii. Every accuracy has its n (the store derives its interval)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from raysearch.pareto import pareto_mask
 from raysearch.schema import FINAL_EPOCH, Stage, Status, Threat, curve_attack
 
 # the final suite as raysearch.evaluate writes it: single attacks, per-family worst cases
-# ("worst_<family>"), worst_seen / union_unseen and other aggregates (norm "mixed"), ε-sweep checks
+# ("worst_<family>"), worst_seen, union_unseen (the unseen adversarial attacks: no corruptions),
+# the corruptions' union and mean apart (aggregates: norm "mixed"), ε-sweep checks
 SEEN = [("fgsm", "fgsm", "linf"), ("pgd_ce", "pgd", "linf"), ("pgd_cw", "pgd", "linf"), ("apgd_ce", "apgd", "linf"),
         ("apgd_dlr", "apgd", "linf"), ("square", "square", "linf")]
 UNSEEN = [("pgd_l2", "pgd_l2", "l2"), ("stadv", "stadv", "flow"), ("recolor", "recolor", "colour"),
@@ -27,11 +29,16 @@ HP = {"pgd_at": {"eps_train": (0.05, 0.3), "attack_steps": (3, 10), "lr": (0.01,
 
 def write_experiment(root: Path, method: str, n: int = 6, seed: int = 0, final: bool = True,
                      failed: bool = True, running: bool = False, name: str | None = None,
-                     t0: float = 1.7e9, curve: tuple[float, ...] = ()) -> Path:
+                     t0: float = 1.7e9, curve: tuple[float, ...] = (), scheduler: str = "none",
+                     checks: dict[str, dict] | None = None, lineage: dict[str, list[dict]] | None = None) -> Path:
     """One experiment folder as a search writes it: trials with a clean/robust trade-off driven
     by eps_train, per-epoch proxy rows, and the final suite on the trials of the front (with
     ``curve``: also its seen attacks at those radii, as ``--eps-list`` writes them; ε_eval is
-    0.2). The random draws do not depend on ``curve``, so the rest is the same with or without."""
+    0.2). The random draws do not depend on ``curve``, so the rest is the same with or without.
+    ``scheduler`` goes into experiment.json's config and every trial's row; ``checks``: the
+    ``masking_checks`` of every evaluated trial (what fired also in ``masking_flags``);
+    ``lineage``: trial id -> its clone events (``lineage_json``, ``parent_trial_id`` and
+    ``cloned_at_epoch`` from the last)."""
     rng = np.random.default_rng(seed)
     name = name or f"{method}-digits"
     exp_dir = root / name
@@ -58,7 +65,11 @@ def write_experiment(root: Path, method: str, n: int = 6, seed: int = 0, final: 
                "eval_n": PROXY_N if status == Status.COMPLETED else None,
                "eps_eval": 0.2, "epochs": epochs if status == Status.COMPLETED else 1,
                "wall_s": 10.0 + i, "device_s": 10.0 + i, "num_workers": 1, "nodes": "127.0.0.1",
-               "started_at": t0 + 20 * i, "finished_at": t0 + 20 * i + 15 if status != Status.RUNNING else None, **hp}
+               "started_at": t0 + 20 * i, "finished_at": t0 + 20 * i + 15 if status != Status.RUNNING else None,
+               "scheduler": scheduler, **hp}
+        events = (lineage or {}).get(tid, [])
+        row.update(lineage_json=json.dumps(events), parent_trial_id=events[-1]["parent"] if events else "",
+                   cloned_at_epoch=events[-1]["epoch"] if events else 0)
         trials.append(row)
         last = epochs if status != Status.FAILED else 1
         for ep in range(1, last + 1):
@@ -83,8 +94,10 @@ def write_experiment(root: Path, method: str, n: int = 6, seed: int = 0, final: 
             accs = {}
             for j, (attack, fam, norm) in enumerate(SEEN):
                 accs[attack] = (Threat.SEEN, fam, max(0.0, t["robust_acc"] - 0.01 * j))
-            for j, (attack, fam, norm) in enumerate(UNSEEN):
-                accs[attack] = (Threat.UNSEEN, fam, max(0.0, 0.6 * t["robust_acc"] + 0.02 * j))
+            for j, (attack, fam, norm) in enumerate(UNSEEN):  # the corruptions lowest: apart from the union
+                acc = 0.6 * t["robust_acc"] + 0.02 * j if fam != "corruption" else \
+                    0.5 * t["robust_acc"] + 0.06 - 0.01 * j
+                accs[attack] = (Threat.UNSEEN, fam, max(0.0, acc))
             norms = dict((a, n) for a, _, n in SEEN + UNSEEN)
             for attack, (threat, fam, acc) in accs.items():
                 evals.append({**base, "attack": attack, "family": fam, "threat": threat, "norm": norms[attack],
@@ -94,13 +107,13 @@ def write_experiment(root: Path, method: str, n: int = 6, seed: int = 0, final: 
                               "eps": 0.2, "accuracy": t["robust_acc"] * factor})
             # per-image worst cases lie a little below the worst single attack
             aggregates = {f"worst_{fam}": (fam, threat, min(a for th, f, a in accs.values() if f == fam) - 0.003)
-                          for threat, fam, _ in accs.values()}
+                          for threat, fam, _ in accs.values() if fam != "corruption"}
             aggregates["worst_seen"] = ("worst_seen", Threat.SEEN, min(a for th, _, a in accs.values() if th == Threat.SEEN) - 0.005)
-            aggregates["union_unseen"] = ("union_unseen", Threat.UNSEEN,
-                                          min(a for th, _, a in accs.values() if th == Threat.UNSEEN) - 0.01)
-            aggregates["union_unseen_adversarial"] = ("union_unseen", Threat.UNSEEN, aggregates["union_unseen"][2] + 0.004)
-            aggregates["mean_corruption"] = ("corruption", Threat.UNSEEN, float(np.mean(
-                [a for _, f, a in accs.values() if f == "corruption"])))
+            aggregates["union_unseen"] = ("union_unseen", Threat.UNSEEN, min(
+                a for th, f, a in accs.values() if th == Threat.UNSEEN and f != "corruption") - 0.01)
+            corruptions = [a for _, f, a in accs.values() if f == "corruption"]
+            aggregates["union_corruptions"] = ("corruption", Threat.UNSEEN, min(corruptions) - 0.003)
+            aggregates["mean_corruption"] = ("corruption", Threat.UNSEEN, float(np.mean(corruptions)))
             for attack, (fam, threat, acc) in aggregates.items():
                 evals.append({**base, "attack": attack, "family": fam, "threat": threat, "norm": "mixed",
                               "eps": None, "accuracy": max(0.0, acc)})
@@ -110,11 +123,13 @@ def write_experiment(root: Path, method: str, n: int = 6, seed: int = 0, final: 
             t["final_worst_seen"] = max(0.0, aggregates["worst_seen"][2])
             t["final_union_unseen"] = max(0.0, aggregates["union_unseen"][2])
             t["final_n"] = FINAL_N
-            t["masking_flags"] = ""
+            t["masking_checks"] = json.dumps(checks or {})
+            t["masking_flags"] = ";".join(c for c, v in (checks or {}).items() if v["fired"])
     store.write_trials(exp_dir, trials)
     store.write_evals(exp_dir, evals)
     store.write_json(exp_dir / store.EXPERIMENT, {
-        "config": {"method": method, "dataset": "digits", "num_samples": n, "max_epochs": epochs, "eps_eval": 0.2},
+        "config": {"method": method, "dataset": "digits", "num_samples": n, "max_epochs": epochs, "eps_eval": 0.2,
+                   "scheduler": scheduler},
         "search_space": {k: {"type": "int" if isinstance(lo, int) else "float", "low": lo, "high": hi,
                              "log": k in ("lr", "weight_decay", "beta")} for k, (lo, hi) in space.items()},
         "objectives": ["clean_acc", "robust_acc"], "git_revision": "0" * 40, "versions": {"torch": "2"}})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -76,12 +77,20 @@ def root(tmp_path):
 
 
 def test_page_shows_each_methods_front_with_dominated_trials_faded(monkeypatch, root):
+    """With final results the page opens on the final suite's worst case over seen attacks."""
     at = run_app(monkeypatch, root)
     assert not at.error
     res = load.load_results(root)
+    assert at.selectbox(key="view").value == views.WORST_SEEN
     front = charts(at)[0]
-    assert front_points(front) == expected_points(res, views.PROXY)
-    table = fronts.with_front(views.objectives(res.trials, res.evals))
+    assert front_points(front) == expected_points(res, views.WORST_SEEN)
+    summary = res.trials.dropna(subset=["final_worst_seen"])
+    drawn = set().union(*front_points(front).values())
+    assert drawn == set(zip(summary["final_clean_acc"], summary["final_worst_seen"]))
+    assert front["layout"]["yaxis"]["title"]["text"] == "worst case over seen attacks (final suite)"
+    assert front["layout"]["xaxis"]["title"]["text"] == "clean accuracy (final suite)"
+    assert front["layout"]["legend"]["title"]["text"] == "method"
+    table = fronts.with_front(views.objectives(res.trials, res.evals, views.WORST_SEEN))
     legend = [t for t in front["data"] if t["x"] == [None]]
     assert [t["name"] for t in legend] == ["pgd_at", "standard"]
     assert not any(t["showlegend"] for t in data_traces(front))
@@ -94,7 +103,7 @@ def test_page_shows_each_methods_front_with_dominated_trials_faded(monkeypatch, 
         else:
             assert pts.isdisjoint(on) and trace["marker"]["opacity"] < 0.5
         assert all(len(cd) >= 2 for cd in trace["customdata"])  # (experiment, trial_id) for selection
-        # each proxy accuracy's 95% interval (on eval_n validation images) as asymmetric error bars
+        # each accuracy's 95% interval (on final_n test images) as asymmetric error bars
         assert trace["error_x"]["symmetric"] is False and len(trace["error_y"]["arrayminus"]) == len(trace["x"])
     colours = {t["name"]: t["marker"]["color"] for t in front["data"]}
     assert len(set(colours.values())) == len(colours) == 2
@@ -103,6 +112,31 @@ def test_page_shows_each_methods_front_with_dominated_trials_faded(monkeypatch, 
     assert metrics == {k: f"{v:.4f}" for k, v in hv.items()}
     assert "11 trials (8 completed, 2 failed, 1 running)" in at.caption[0].value
     assert any("95% Wilson intervals" in c.value for c in at.caption)
+    assert not any("proxy" in c.value.lower() for c in at.caption[:3])
+
+
+def test_without_final_results_the_page_opens_on_the_proxy_labelled_as_a_proxy(monkeypatch, tmp_path):
+    root = write_results(tmp_path / "proxy", final=False)
+    at = run_app(monkeypatch, root)
+    res = load.load_results(root)
+    view = at.selectbox(key="view")
+    assert view.value == views.PROXY and view.options == ["Proxy robust (PGD-CE/margin, per epoch)"]
+    front = charts(at)[0]
+    assert front_points(front) == expected_points(res, views.PROXY)
+    layout = front["layout"]
+    assert layout["yaxis"]["title"]["text"] == "proxy robust accuracy (PGD-CE/margin, per epoch)"
+    assert layout["xaxis"]["title"]["text"] == "proxy clean accuracy (per epoch)"
+    assert layout["legend"]["title"]["text"] == "method · proxy"
+    assert any(c.value.startswith("Proxy: ") for c in at.caption)
+    assert at.slider(key="f_robust").label == "Proxy robust accuracy at least"
+    # a final evaluation finishing while the page is open moves it to the final suite
+    write_experiment(root, "pgd_at", n=7, seed=1, running=True)
+    at.run()
+    assert at.selectbox(key="view").value == views.WORST_SEEN
+    # the reader's own choice stays
+    at.selectbox(key="view").set_value(views.PROXY).run()
+    at.run()
+    assert at.selectbox(key="view").value == views.PROXY
 
 
 def test_view_selector_offers_final_attacks_and_redraws(monkeypatch, root):
@@ -126,14 +160,18 @@ def test_seen_unseen_and_hypervolume_tabs(monkeypatch, root):
     assert pts == set(zip(su["worst_seen"], su["union_unseen"]))
     bars = next(s for s in specs if "kept under unseen" in title(s))
     assert sorted(v for t in bars["data"] for v in t["y"]) == pytest.approx(sorted(su["retained"].dropna()))
-    curves = [s for s in specs if s["layout"].get("yaxis", {}).get("title", {}).get("text") == "hypervolume"]
+    curves = [s for s in specs if title(s) in ("against trials", "against device-hours")]
     assert len(curves) == 2
     by_trials = {t["name"]: t["y"] for t in curves[0]["data"]}
-    table = fronts.with_front(views.objectives(res.trials, res.evals))
+    table = fronts.with_front(views.objectives(res.trials, res.evals, views.WORST_SEEN))
     curve = fronts.hypervolume_curve(table)
     assert by_trials["pgd_at"] == pytest.approx(curve.loc[curve["method"] == "pgd_at", "hypervolume"].tolist())
     hours = {t["name"]: t["x"] for t in curves[1]["data"]}
     assert hours["standard"][-1] == pytest.approx(res.trials.loc[res.trials["method"] == "standard", "device_s"].sum() / 3600)
+    # per scheduler: each experiment's proxy and final curve against device-hours
+    per = next(s for s in specs if "per scheduler" in title(s))
+    assert sorted(t["name"] for t in per["data"]) == [
+        f"none · {e} · {o}" for e in ("pgd_at-digits", "standard-digits") for o in ("final", "proxy")]
 
 
 def test_inspecting_trials_shows_hyperparameters_attacks_and_flags(monkeypatch, root):
@@ -159,6 +197,38 @@ def test_inspecting_trials_shows_hyperparameters_attacks_and_flags(monkeypatch, 
     bars = next(s for s in specs if s["data"] and s["data"][0]["type"] == "bar" and s["data"][0]["name"] == pick)
     final = [r for r in evals if r["trial_id"] == cand and r["stage"] == Stage.FINAL]
     assert len(bars["data"][0]["x"]) == len(final)
+
+
+def test_a_flagged_pbt_trial_shows_its_check_counts_and_lineage(monkeypatch, tmp_path):
+    checks = {"gradient_free_beats_whitebox": {"count": 31, "n": 1000, "limit": 16.0, "fired": True,
+                                               "what": "images Square fools and no white-box gradient attack fools"},
+              "zero_input_gradient": {"count": 0, "n": 1000, "limit": 4.0, "fired": False, "what": "zero gradients"}}
+    exp_dir = write_experiment(tmp_path / "r", "pgd_at", n=6, seed=1, failed=False, scheduler="mopbt", checks=checks)
+    rows = store.read_rows(exp_dir / store.TRIALS)
+    cand = next(r for r in rows if not math.isnan(r["final_worst_seen"]))  # one the final suite evaluated
+    cand.update(parent_trial_id="pgd__00001", cloned_at_epoch=4, lineage_json=json.dumps(
+        [{"epoch": 2, "parent": "pgd__00000", "changed": {"lr": [0.1, 0.125]}},
+         {"epoch": 4, "parent": "pgd__00001", "changed": {"eps_train": [0.12, 0.096]}}]))
+    store.write_trials(exp_dir, rows)
+    at = run_app(monkeypatch, tmp_path / "r")
+    front = charts(at)[0]
+    assert "masking check fired" in [t["name"] for t in front["data"]]
+    symbols = [sym for t in data_traces(front) for sym in t["marker"]["symbol"]]
+    assert symbols and set(symbols) == {"diamond"}  # every trial on the final front was evaluated and flagged
+    assert any("Diamonds" in c.value for c in at.caption)
+    pick = details.label("pgd_at-digits", cand["trial_id"])
+    at.multiselect(key="inspect").select(pick).run()
+    assert not at.exception
+    tables = [df.value for df in at.dataframe]
+    shown = next(t for t in tables if "check" in t.columns)
+    assert shown["check"].tolist() == list(checks) and shown["fired"].tolist() == [True, False]
+    assert shown["count"].tolist() == [31, 0] and shown["limit"].tolist() == [16.0, 4.0]
+    events = next(t for t in tables if "parent" in t.columns)
+    assert events["parent"].tolist() == ["pgd__00000", "pgd__00001"] and events["epoch"].tolist() == [2, 4]
+    assert events["changed"].tolist() == ["lr: 0.1 → 0.125", "eps_train: 0.12 → 0.096"]
+    assert any(c.value == f"{pick}: weights from pgd__00001 (epoch 4) ← pgd__00000 (epoch 2)" for c in at.caption)
+    per = next(s for s in charts(at) if "per scheduler" in title(s))
+    assert {t["name"] for t in per["data"]} == {"mopbt · pgd_at-digits · proxy", "mopbt · pgd_at-digits · final"}
 
 
 def test_trial_table_filters_and_downloads(monkeypatch, root):
@@ -188,13 +258,14 @@ def test_hyperparameter_effects_use_the_search_space(monkeypatch, root):
 
 def test_new_trials_appear_on_the_next_run(monkeypatch, root):
     at = run_app(monkeypatch, root)
-    before = sum(len(v) for v in front_points(charts(at)[0]).values())
+    before = front_points(charts(at)[0])
     write_experiment(root, "trades", n=3, failed=False)
     at.run()
     assert not at.exception
     assert "3 experiment(s) · 14 trials" in at.caption[0].value
-    assert set(front_points(charts(at)[0])) == {"pgd_at", "standard", "trades"}
-    assert sum(len(v) for v in front_points(charts(at)[0]).values()) == before + 3
+    after = front_points(charts(at)[0])
+    assert set(after) == {"pgd_at", "standard", "trades"} and {k: after[k] for k in before} == before
+    assert after == expected_points(load.load_results(root), views.WORST_SEEN)
 
 
 def test_missing_empty_and_broken_results_give_messages(monkeypatch, tmp_path, root):
@@ -213,7 +284,9 @@ def test_missing_empty_and_broken_results_give_messages(monkeypatch, tmp_path, r
     assert "escape" in errors and "outside the results root" in errors
     assert any("evals.parquet is unreadable" in w.value for w in at.warning)
     assert set(front_points(charts(at)[0])) == {"standard"}
-    assert any("No final evaluation yet" in i.value for i in at.info)
+    # without its evals, standard's final summary in trials.parquet still gives the final views
+    assert at.selectbox(key="view").value == views.WORST_SEEN
+    assert not any("No final evaluation yet" in i.value for i in at.info)
 
 
 def test_bad_argument_is_a_message(monkeypatch, root):
@@ -227,13 +300,13 @@ def test_real_search_results(monkeypatch, results_root):
     assert not at.error
     res = load.load_results(results_root)
     assert set(res.trials["method"]) == {"pgd_at", "standard"}
-    front = charts(at)[0]
-    assert front_points(front) == expected_points(res, views.PROXY)
     has_final = not views.final_rows(res.evals).empty
+    opening = views.WORST_SEEN if has_final else views.PROXY
+    assert at.selectbox(key="view").value == opening
+    assert front_points(charts(at)[0]) == expected_points(res, opening)
     assert any("No final evaluation yet" in i.value for i in at.info) is not has_final
-    if has_final:
-        at.selectbox(key="view").set_value(views.WORST_SEEN).run()
-        assert not at.exception and front_points(charts(at)[0]) == expected_points(res, views.WORST_SEEN)
+    at.selectbox(key="view").set_value(views.PROXY).run()
+    assert not at.exception and front_points(charts(at)[0]) == expected_points(res, views.PROXY)
 
 
 def test_radius_selector_redraws_the_front_and_selected_trials_get_a_curve(monkeypatch, tmp_path):
@@ -248,6 +321,7 @@ def test_radius_selector_redraws_the_front_and_selected_trials_get_a_curve(monke
     root = write_results(tmp_path / "curve", curve=(0.1, 0.3))
     res = load.load_results(root)
     at = run_app(monkeypatch, root)
+    at.selectbox(key="view").set_value(views.PROXY).run()
     assert not [s for s in at.selectbox if s.key == "radius"]  # the proxy view has no radius
     at.selectbox(key="view").set_value(views.WORST_SEEN).run()
     radius = at.selectbox(key="radius")

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from dashboard import figures, fronts
+from dashboard import figures, fronts, views
 from raysearch.stats import accuracy_interval
 
 
@@ -25,12 +25,47 @@ def test_front_figure_fades_dominated_trials_and_opens_running_ones():
         "experiment": "e", "trial_id": ["t1", "t2", "t3", "t4"], "method": "m",
         "status": ["completed", "running", "completed", "failed"],
         "clean": [0.9, 0.6, 0.5, None], "robust": [0.3, 0.5, 0.2, None]}))
-    fig = figures.front_figure(table, "method", figures.colours(table["method"]), "Per-epoch proxy (seen attack)")
+    fig = figures.front_figure(table, "method", figures.colours(table["method"]), views.PROXY_VIEW)
     legend, on, off = fig.data
     assert legend.x == (None,) and legend.showlegend is not False
     assert list(on.x) == [0.6, 0.9] and on.marker.opacity == 1.0 and list(on.marker.symbol) == ["circle-open", "circle"]
     assert list(off.x) == [0.5] and off.marker.opacity == figures.FADED
-    assert fig.layout.yaxis.title.text == "robust accuracy (per-epoch proxy)"
+    # the proxy is labelled a proxy on both axes and in the legend
+    assert fig.layout.yaxis.title.text == "proxy robust accuracy (PGD-CE/margin, per epoch)"
+    assert fig.layout.xaxis.title.text == "proxy clean accuracy (per epoch)"
+    assert fig.layout.legend.title.text == "method · proxy"
+
+
+def test_trials_a_masking_check_flagged_are_diamonds_with_a_legend_entry():
+    table = fronts.with_front(pd.DataFrame({
+        "experiment": "e", "trial_id": ["t1", "t2", "t3"], "method": "m",
+        "status": ["completed", "running", "completed"], "clean": [0.9, 0.6, 0.5], "robust": [0.3, 0.5, 0.2],
+        "masking": ["", "transfer_only", "square_only"]}))
+    view = views.View(views.WORST_SEEN, "Worst case over seen attacks (final)",
+                      "worst case over seen attacks (final suite)")
+    fig = figures.front_figure(table, "method", figures.colours(table["method"]), view)
+    flag_entry, legend, on, off = fig.data
+    assert flag_entry.name == "masking check fired" and flag_entry.marker.symbol == figures.FLAGGED
+    assert flag_entry.x == (None,)
+    assert list(on.marker.symbol) == ["diamond-open", "circle"] and list(off.marker.symbol) == ["diamond"]
+    assert on.customdata[0][6] == "<br>masking check fired: transfer_only" and on.customdata[1][6] == ""
+    assert fig.layout.yaxis.title.text == "worst case over seen attacks (final suite)"
+    assert fig.layout.xaxis.title.text == "clean accuracy (final suite)" and fig.layout.legend.title.text == "method"
+    unflagged = figures.front_figure(table.assign(masking=""), "method", figures.colours(table["method"]), view)
+    assert "masking check fired" not in {t.name for t in unflagged.data}
+
+
+def test_scheduler_figure_colours_by_scheduler_and_dashes_the_final_suite():
+    curve = pd.DataFrame({"experiment": ["a", "a", "a", "b"], "scheduler": ["mopbt", "mopbt", "mopbt", "none"],
+                          "objective": ["proxy", "proxy", "final", "proxy"], "n_trials": [1, 2, 1, 1],
+                          "device_hours": [0.1, 0.3, 0.1, 0.2], "hypervolume": [0.2, 0.3, 0.25, 0.1],
+                          "trial_id": ["t1", "t2", "t1", "u1"]})
+    fig = figures.scheduler_figure(curve, figures.colours(curve["scheduler"]))
+    final, proxy, other = fig.data
+    assert (proxy.name, list(proxy.x), list(proxy.y)) == ("mopbt · a · proxy", [0.1, 0.3], [0.2, 0.3])
+    assert final.name == "mopbt · a · final" and final.line.dash == "dash" and proxy.line.dash == "solid"
+    assert final.line.color == proxy.line.color != other.line.color
+    assert fig.layout.xaxis.title.text.startswith("device-hours")
 
 
 def test_robustness_curve_figure_draws_one_line_per_trial_with_eps_eval_marked():
@@ -59,7 +94,8 @@ def test_the_front_draws_each_trials_95_percent_intervals_as_asymmetric_error_ba
     table = fronts.with_front(_with_intervals(pd.DataFrame({
         "experiment": "e", "trial_id": ["t1", "t2", "t3"], "method": "m", "status": "completed",
         "clean": [0.9, 0.6, 0.5], "robust": [0.3, 0.5, 0.2]})))
-    fig = figures.front_figure(table, "method", figures.colours(table["method"]), "Worst case (final)").to_dict()
+    view = views.PROXY_VIEW
+    fig = figures.front_figure(table, "method", figures.colours(table["method"]), view).to_dict()
     _, on, off = fig["data"]
     by_id = table.set_index("trial_id")
     for trace, ids in ((on, ["t2", "t1"]), (off, ["t3"])):
@@ -74,7 +110,7 @@ def test_the_front_draws_each_trials_95_percent_intervals_as_asymmetric_error_ba
     assert on["customdata"][0][5] == " [0.404, 0.596]"  # t2's robust 0.5 on 100 images, in the hover text
     # without intervals (an older file), no error bars and an empty hover suffix
     bare = figures.front_figure(table.drop(columns=["clean_low", "clean_high", "robust_low", "robust_high"]),
-                                "method", figures.colours(table["method"]), "x").to_dict()
+                                "method", figures.colours(table["method"]), view).to_dict()
     assert all("error_x" not in t and "error_y" not in t for t in bare["data"])
 
 

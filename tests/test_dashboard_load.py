@@ -57,7 +57,7 @@ def test_missing_and_empty_roots(tmp_path):
     assert res.experiments == [] and res.trials.empty and res.problems == []
     # tables on no data are empty, not errors
     table = views.objectives(res.trials, res.evals, views.PROXY)
-    assert table.empty and list(views.views(res.evals)) == [views.View(views.PROXY, views.views(res.evals)[0].label)]
+    assert table.empty and list(views.views(res.evals)) == [views.PROXY_VIEW]
     assert fronts.hypervolume_curve(fronts.with_front(table)).empty
 
 

@@ -41,21 +41,26 @@ def test_final_views_and_aggregates(root):
     assert {k.split(":", 1)[1] for k in keys if k.startswith("attack:") and k[7:] in single} == single
     assert {"family:corruption", "family:pgd", "family:apgd"} <= set(keys)
     assert "family:stadv" not in keys  # one attack: its own view suffices
-    assert {"attack:union_unseen_adversarial", "attack:mean_corruption"} <= set(keys)
+    assert "attack:mean_corruption" in keys
     # clean, checks and the per-family worst cases (shown as family views) are no views of their own
-    assert not {"attack:clean", "attack:worst_seen", "attack:worst_pgd", "attack:pgd_eps_x2"} & set(keys)
+    assert not {"attack:clean", "attack:worst_seen", "attack:worst_pgd", "attack:union_corruptions",
+                "attack:pgd_eps_x2"} & set(keys)
     fin = views.final_rows(res.evals)
     worst = views.objectives(res.trials, res.evals, views.WORST_SEEN).dropna(subset=["robust"])
     assert set(worst["trial_id"]) == set(fin["trial_id"])  # only the evaluated candidates
+    summary = res.trials.set_index(load.KEY)
     for rec in worst.itertuples():
         rows = fin[(fin["trial_id"] == rec.trial_id) & (fin["experiment"] == rec.experiment)]
         assert rec.robust == rows.loc[rows["attack"] == "worst_seen", "accuracy"].item()
         assert rec.clean == rows.loc[rows["attack"] == "clean", "accuracy"].item()
+        # the trial's final summary, which the evals rows agree with
+        key = (rec.experiment, rec.trial_id)
+        assert (rec.clean, rec.robust) == tuple(summary.loc[key, ["final_clean_acc", "final_worst_seen"]])
     fam = views.objectives(res.trials, res.evals, "family:corruption").dropna(subset=["robust"])
     for rec in fam.itertuples():
         rows = fin[(fin["trial_id"] == rec.trial_id) & (fin["experiment"] == rec.experiment)]
         # the stored per-image worst case, below each member attack
-        assert rec.robust == rows.loc[rows["attack"] == "worst_corruption", "accuracy"].item()
+        assert rec.robust == rows.loc[rows["attack"] == "union_corruptions", "accuracy"].item()
         assert rec.robust < rows.loc[rows["attack"].isin(["gaussian_noise_s3", "blur_s3"]), "accuracy"].min()
     one = views.objectives(res.trials, res.evals, "attack:square").dropna(subset=["robust"])
     for rec in one.itertuples():
@@ -90,17 +95,58 @@ def test_clean_per_draw_is_not_the_clean_accuracy(root):
     assert (table["clean"] < 1.0).all()
 
 
-def test_aggregate_falls_back_to_worst_attack_when_not_stored(root):
+def unsummarized(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials as an evaluation that wrote its evals rows and not yet its summary leaves them."""
+    return trials.assign(final_clean_acc=np.nan, final_worst_seen=np.nan, final_union_unseen=np.nan)
+
+
+def test_aggregate_falls_back_to_worst_adversarial_attack_when_not_stored(root):
     res = load.load_results(root)
     ev = res.evals[res.evals["attack"] != "union_unseen"]
-    assert (views.final_rows(ev)["attack"] == "union_unseen_adversarial").any()  # not taken for the union
     fin = views.final_rows(ev)
-    table = views.objectives(res.trials, ev, views.UNION_UNSEEN).dropna(subset=["robust"])
+    table = views.objectives(unsummarized(res.trials), ev, views.UNION_UNSEEN).dropna(subset=["robust"])
     assert len(table)
+    below = 0
     for rec in table.itertuples():
         rows = fin[(fin["trial_id"] == rec.trial_id) & (fin["experiment"] == rec.experiment)
                    & (fin["threat"] == "unseen") & (fin["norm"] != "mixed")]
-        assert rec.robust == rows["accuracy"].min()
+        # the corruptions are reported apart from the union, also where they are the lowest unseen rows
+        assert rec.robust == rows.loc[rows["family"] != "corruption", "accuracy"].min()
+        below += rows["accuracy"].min() < rec.robust
+    assert below
+    # with the trials' summary, the summary
+    summarized = views.objectives(res.trials, ev, views.UNION_UNSEEN).dropna(subset=["robust"]).set_index(load.KEY)
+    stored = res.trials.set_index(load.KEY).loc[summarized.index, "final_union_unseen"]
+    assert np.array_equal(summarized["robust"], stored)
+
+
+def test_final_summary_in_trials_gives_the_final_views_without_evals_rows(root):
+    """trials.parquet's final_clean_acc and final_worst_seen / final_union_unseen (with their
+    intervals) are the final axes even where evals.parquet holds no final rows."""
+    res = load.load_results(root)
+    ev = res.evals[res.evals["stage"] != "final"]
+    assert [v.key for v in views.views(ev)] == [views.PROXY]
+    assert [v.key for v in views.views(ev, res.trials)] == [views.PROXY, views.WORST_SEEN, views.UNION_UNSEEN]
+    t = res.trials.set_index(load.KEY)
+    for view, column in ((views.WORST_SEEN, "final_worst_seen"), (views.UNION_UNSEEN, "final_union_unseen")):
+        table = views.objectives(res.trials, ev, view).set_index(load.KEY)
+        done = t.index[t[column].notna()]
+        assert len(done) and table["robust"].notna().sum() == len(done)
+        for name, stored in (("clean", "final_clean_acc"), ("robust", column)):
+            for suffix in ("", "_low", "_high"):
+                assert np.array_equal(table.loc[done, name + suffix], t.loc[done, stored + suffix])
+
+
+def test_the_page_opens_on_worst_seen_once_a_final_evaluation_exists(tmp_path):
+    res = load.load_results(write_results(tmp_path / "final"))
+    assert views.default_view(views.views(res.evals, res.trials)) == views.WORST_SEEN
+    plain = load.load_results(write_results(tmp_path / "proxy", final=False))
+    opts = views.views(plain.evals, plain.trials)
+    assert views.default_view(opts) == views.PROXY
+    proxy = opts[0]
+    # every label of the proxy says so
+    assert proxy.proxy and all("proxy" in t.lower() for t in (proxy.label, proxy.robust_title, proxy.clean_axis))
+    assert not any(v.proxy or "proxy" in v.label.lower() + v.robust_title for v in views.views(res.evals)[1:])
 
 
 def test_no_final_rows_leaves_final_views_out(tmp_path):
@@ -152,12 +198,13 @@ def test_objectives_carry_the_interval_of_the_row_they_come_from(root):
         ends = ["accuracy_low", "accuracy_high"]
         assert (rec.robust_low, rec.robust_high) == tuple(_row(fin, key, "worst_seen")[ends])
         assert (rec.clean_low, rec.clean_high) == tuple(_row(fin, key, "clean")[ends])
-    # without the stored aggregate: the worst unseen attack, with that attack's interval
+    # without the stored aggregate: the worst unseen adversarial attack, with that attack's interval
     ev = res.evals[res.evals["attack"] != "union_unseen"]
-    union = views.objectives(res.trials, ev, views.UNION_UNSEEN).dropna(subset=["robust"])
+    union = views.objectives(unsummarized(res.trials), ev, views.UNION_UNSEEN).dropna(subset=["robust"])
     for rec in union.itertuples():
         rows = views.final_rows(ev)
-        rows = rows[(rows["trial_id"] == rec.trial_id) & (rows["threat"] == "unseen") & (rows["norm"] != "mixed")]
+        rows = rows[(rows["trial_id"] == rec.trial_id) & (rows["threat"] == "unseen") & (rows["norm"] != "mixed")
+                    & (rows["family"] != "corruption")]
         assert rec.robust_low == rows.loc[rows["accuracy"].idxmin(), "accuracy_low"]
     su = views.seen_unseen(res.trials, res.evals)
     assert (su["worst_seen_low"] <= su["worst_seen"]).all() and (su["union_unseen"] <= su["union_unseen_high"]).all()
