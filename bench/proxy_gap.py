@@ -1,5 +1,5 @@
 """Does the per-epoch proxy tell the search the truth? For each method, one model trained at its
-default configuration (the worker's loop without Ray, ``bare_trial``), then on that one model:
+default configuration (the worker's loop without Ray, ``bench/bare.py``), then on that one model:
 
 * the old proxy: min(clean, PGD-CE) per image, one restart, the proxy's steps and EOT, real
   gradient only (what the search maximized before the margin loss and BPDA were added);
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
 
-from ray_overhead import bare_trial  # noqa: E402
+from bare import bare_trial  # noqa: E402
 from raysearch import data as data_mod  # noqa: E402
 from raysearch.attacks import ATTACKS, core  # noqa: E402
 from raysearch.config import ExperimentConfig  # noqa: E402

@@ -30,7 +30,6 @@ gets 1 thread) and the same glibc malloc settings: a search gives its Ray worker
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import statistics
@@ -41,73 +40,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
 
-from raysearch import components, data as data_mod, perf  # noqa: E402
-from raysearch.config import ExperimentConfig, trial_config  # noqa: E402
-from raysearch.evaluate.proxy import proxy_eval  # noqa: E402
-from trainables import REGISTRY  # noqa: E402
-from trainables.base import StepContext  # noqa: E402
-from trainables.common import eval_mode, frozen  # noqa: E402
-
-
-def bare_trial(method: str, sampled: dict, sets: dict, epochs: int, eval_size: int, eval_steps: int,
-               eval_eot: int = 10, dataset: str = "digits", eps_eval: float = 0.0, storage: str | None = None,
-               opts: perf.PerfOptions = perf.PerfOptions(), device: str = "cpu", keep: dict | None = None):
-    """The worker loop's work without Ray, one epoch per ``next()``: yields the epoch's metrics
-    (clean_acc, robust_acc, train_s, eval_s). Same defense code, loader, proxy evaluation.
-    ``keep``: filled with the trial's ``nets`` and ``cfg``, for a caller that evaluates them."""
-    device = torch.device(device)
-    defense = REGISTRY[method]
-    data = data_mod.load(dataset)
-    spec = data.spec
-    cfg = trial_config(method, spec, sampled, sets, epochs, "auto")
-    torch.manual_seed(cfg.seed * 1000)
-    nets = defense.build(cfg, spec)
-    for m in nets.values():
-        m.to(device)
-    if keep is not None:
-        keep.update(nets=nets, cfg=cfg)
-
-    batches = functools.partial(data_mod.shuffled_batches, data.train, device=device, augment=data.augment,
-                                flip=data.flip)  # as the worker's, for component pre-training
-    comps = defense.pretrained(cfg, spec)
-    if comps:
-        components.ensure(method, comps, nets, cfg, spec, Path(storage or tempfile.mkdtemp()), batches, device)
-    roles = defense.trainable(cfg)
-    for role, m in nets.items():
-        if role in roles:
-            perf.prepare_module(m, opts).train()
-        else:
-            frozen(m)
-    loader = perf.make_loader(data.train.x, data.train.y, cfg.batch_size, device, opts, seed=cfg.seed)
-    steps = max(len(loader), 1)
-    optims, scheds = defense.optimizers({r: nets[r] for r in roles}, cfg, cfg.epochs * steps)
-    eval_x, eval_y = data_mod.eval_subset(data.val, eval_size, seed=0)
-    eval_x, eval_y = eval_x.to(device), eval_y.to(device)
-    ctx = StepContext(nets=nets, raw=nets, opts=optims, scheds=scheds, cfg=cfg, spec=spec, epoch=0, step=0,
-                      steps_per_epoch=steps, device=device, autocast=perf.autocast(device, opts))
-    for epoch in range(cfg.epochs):
-        ctx.epoch = epoch
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        t0 = time.time()
-        for xb, yb in loader:
-            x = xb.to(device).float().div_(data.train.scale)
-            if data.augment:
-                x = data_mod.augment_batch(x, data.flip)
-            defense.train_step(ctx, perf.prepare_input(x, opts), yb.to(device))
-            ctx.step += 1
-        t1 = time.time()
-        pred = defense.predictor(nets, cfg)
-        with eval_mode(*nets.values()):
-            clean, robust, n = proxy_eval(pred, eval_x, eval_y, eps_eval or spec.eps_eval, eval_steps, eval_eot)
-        for role, m in nets.items():
-            if role not in roles:
-                m.eval()
-        yield {"epoch": epoch + 1, "clean_acc": clean / n, "robust_acc": robust / n,
-               "train_s": t1 - t0, "eval_s": time.time() - t1}
+from bare import bare_trial  # noqa: E402
+from raysearch import data as data_mod, perf  # noqa: E402
+from raysearch.config import ExperimentConfig  # noqa: E402
 
 
 def run_bare(args) -> dict:
