@@ -59,6 +59,35 @@ def test_ot_is_a_differentiable_distance(cost):
         assert torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("cost", COSTS)
+def test_ot_is_a_ratio_that_shrinking_the_features_cannot_lower(cost):
+    torch.manual_seed(0)
+    h = torch.randn(48, 16)
+    h_adv = h + 0.3 * torch.randn_like(h)
+    base = ot_distance(h, h_adv, cost=cost)
+    assert ot_distance(0.01 * h, 0.01 * h_adv, cost=cost) == pytest.approx(base.item(), rel=1e-3)
+    # its gradient has no component along the features' own scale
+    a, b = h.clone().requires_grad_(True), h_adv.clone().requires_grad_(True)
+    ot_distance(a, b, cost=cost).backward()
+    radial = (a.grad * a).sum() + (b.grad * b).sum()
+    assert abs(radial.item()) < 1e-3 * (a.grad.norm() * a.norm() + b.grad.norm() * b.norm()).item()
+
+
+def test_the_default_config_learns_digits(digits):
+    """At its defaults (λ_OT 1, label smoothing 0.5) the classifier learns: 40 steps of the
+    whole step (generator and classifier) leave clean accuracy far above chance."""
+    ctx = make_ctx(digits.spec, seed=0)
+    g = torch.Generator().manual_seed(0)
+    x_all, y_all = digits.train.images(), digits.train.y
+    for _ in range(40):
+        idx = torch.randint(len(y_all), (128,), generator=g)
+        DEFENSE.train_step(ctx, x_all[idx], y_all[idx])
+    f = ctx.raw["classifier"].eval()
+    with torch.no_grad():
+        acc = (f(digits.val.images()).argmax(1) == digits.val.y).float().mean().item()
+    assert acc > 0.5, acc
+
+
 def test_ot_survives_tiny_regularizer_and_collapsed_features():
     torch.manual_seed(0)
     h = torch.randn(32, 8)

@@ -11,8 +11,10 @@ Each batch, two alternating updates (1:1, fresh noise z ~ N(0, I) for each):
 
 OT is entropic optimal transport between the two feature batches with uniform marginals, solved
 by log-domain Sinkhorn (POT, torch backend, unrolled so the transport cost Σ π⊙C is
-differentiable in both batches). The entropic regularizer is given relative to the median cost,
-so one value means the same sharpness whatever the feature scale.
+differentiable in both batches). The term is the transport cost over the batch's mean cost, a
+ratio that means the same whatever the cost, the architecture and the feature scale (and that
+the classifier cannot lower by shrinking its features); the entropic regularizer is relative to
+the median cost.
 
 What to expect: a cheap defense (one extra small generator pass per step, no PGD). Its PGD
 accuracy overstates robustness: label smoothing 0.5 with a non-gradient training attack is the
@@ -110,7 +112,14 @@ def cost_matrix(h1: torch.Tensor, h2: torch.Tensor, cost: str) -> torch.Tensor:
 def ot_distance(h1: torch.Tensor, h2: torch.Tensor, *, cost: str = "sqeuclidean", reg: float = 0.01,
                 iters: int = 100) -> torch.Tensor:
     """Entropic OT transport cost Σ π⊙C between two equally weighted feature batches (B×D each),
-    log-domain Sinkhorn with ``reg`` relative to the median cost; differentiable in both.
+    log-domain Sinkhorn, differentiable in both, divided by the mean entry of the cost matrix:
+    a dimensionless ratio (how far each image's adversarial feature is from its own, against
+    how far features of different images are), so λ_OT means the same for every cost, feature
+    width and feature scale. The mean is differentiated with the rest, so shrinking every
+    feature does not lower the term: in raw squared-feature units, or divided by a constant of
+    the step, λ_OT = 1 outweighed the cross-entropy and drove digits' features to zero and the
+    classifier to chance. Sinkhorn itself runs on the cost in units of its median entry, with
+    ``reg`` in those units.
 
     Cost and Sinkhorn run in fp32 with autocast off whatever the caller's context: the squared
     distances are ‖a‖² + ‖b‖² − 2a·b, a matmul that autocast would run in bf16 even on fp32
@@ -129,8 +138,10 @@ def _ot_fp32(h1: torch.Tensor, h2: torch.Tensor, cost: str, reg: float, iters: i
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     a = torch.full((h1.shape[0],), 1.0 / h1.shape[0], device=c.device)
     b = torch.full((h2.shape[0],), 1.0 / h2.shape[0], device=c.device)
-    return _pot().sinkhorn2(a, b, c, reg * scale, method="sinkhorn_log", numItermax=iters, stopThr=1e-9,
-                        warn=False)
+    plan_cost = _pot().sinkhorn2(a, b, c / scale, reg, method="sinkhorn_log", numItermax=iters, stopThr=1e-9,
+                                 warn=False)
+    # over the mean cost, differentiated: shrinking every feature lowers both alike
+    return plan_cost * scale / c.mean().clamp_min(1e-12)
 
 
 def logits_and_features(net: nn.Module, raw: nn.Module, x: torch.Tensor):
