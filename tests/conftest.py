@@ -75,8 +75,8 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 900, module: s
                           text=True, timeout=timeout, env=full_env)
 
 
-TINY = ("--num-samples", "3", "--max-epochs", "2", "--eval-size", "120", "--final-eval-size", "60",
-        "--eot-samples", "20")
+TINY = ("--num-samples", "3", "--max-epochs", "2", "--eval-size", "120", "--final-eval-size", "40",
+        "--final-candidates", "front", "--eot-samples", "20")
 
 
 @pytest.fixture(scope="session")
@@ -84,10 +84,21 @@ def results_root(tmp_path_factory) -> Path:
     """A results root holding two finished tiny searches (pgd_at and standard, with the final
     evaluation), produced by the real command line."""
     root = tmp_path_factory.mktemp("results")
-    for method in ("pgd_at", "standard"):
-        proc = run_cli("--method", method, "--storage-path", str(root), "--name", f"tiny-{method}", *TINY)
-        assert proc.returncode == 0, f"search {method} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        (root / f"tiny-{method}" / "cli_output.txt").write_text(proc.stdout)
+    # side by side, each with its own local Ray, as two users' searches on one machine
+    procs = {method: subprocess.Popen([sys.executable, "-m", "raysearch.tune", "--method", method, "--storage-path",
+                                       str(root), "--name", f"tiny-{method}", *TINY], cwd=ROOT, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
+             for method in ("pgd_at", "standard")}
+    try:
+        for method, proc in procs.items():
+            out, err = proc.communicate(timeout=900)
+            assert proc.returncode == 0, f"search {method} failed:\n{out[-3000:]}\n{err[-3000:]}"
+            (root / f"tiny-{method}" / "cli_output.txt").write_text(out)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
     return root
 
 
