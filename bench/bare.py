@@ -64,10 +64,6 @@ class BareTrial:
                                autocast=perf.autocast(self.device, opts))
 
     @property
-    def epochs_done(self) -> int:
-        return self.ctx.epoch
-
-    @property
     def finished(self) -> bool:
         return self.ctx.epoch >= self.cfg.epochs
 

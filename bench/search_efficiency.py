@@ -11,7 +11,7 @@ Arms (``--arms``):
   sorting with the ε-net tie-break); a stopped trial is told to Optuna as PRUNED and its slot
   goes to a new trial at once;
 * ``mopbt``: ``--scheduler mopbt``'s scheduler (``raysearch.search.schedulers.mopbt.MOPBT``) over
-  a population of ``--population`` trials started from the defaults and seeded samples of the
+  a population of ``--trials`` trials started from the defaults and seeded samples of the
   space: its exploit copies a real checkpoint of the parent's and the clone restarts from it with
   its own hyperparameters (``clone_state.restore_clone``), as a clone's new Train run does;
 * ``random`` and the other samplers (``tpe``, ``gp``, ``nsga2``): as ``none`` with that sampler.
@@ -27,7 +27,7 @@ is that of the latest proxy result of every trial so far, on the ``--eval-size``
 images: the proxy, not the final suite, whose cost on every trial of every arm and seed is not
 affordable here.
 
-The budget of a seed is what MO-PBT's population spends training ``--population`` trials for
+The budget of a seed is what MO-PBT's population spends training ``--trials`` trials for
 ``--epochs`` epochs (it runs first; ``--budget-s`` caps it), or without the ``mopbt`` arm
 ``--budget-s``, or ``--trials`` × ``--epochs`` epochs of the default configuration as measured
 first. Printed per arm: the median hypervolume at the budget, and the device-seconds needed to
@@ -131,7 +131,7 @@ class _Trial:
 
     def __init__(self, trial_id: str, config: dict):
         self.trial_id, self.experiment_tag, self.config = trial_id, trial_id, config
-        self.last_result, self.done, self.status = None, False, "RUNNING"
+        self.last_result, self.done = None, False
 
     def is_finished(self):
         return self.done
@@ -145,7 +145,7 @@ class _Trial:
 
 class _Controller:
     def pause_trial(self, trial, should_checkpoint=True):
-        trial.status = "PAUSED"
+        """Nothing to do: the paused member restarts at once (``mopbt_search``)."""
 
 
 def mopbt_search(args, seed: int, spend: Spend, work: Path) -> Spend:
@@ -157,10 +157,9 @@ def mopbt_search(args, seed: int, spend: Spend, work: Path) -> Spend:
     scheduler = MOPBT(space, exp.exp_dir, args.perturbation_interval, args.epochs, seed)
     controller = _Controller()
     members = {}
-    for i, config in enumerate(initial_configs(space, args.population, seed, {k: args.defaults[k] for k in space})):
+    for i, config in enumerate(initial_configs(space, args.trials, seed, {k: args.defaults[k] for k in space})):
         t = _Trial(f"m{i}", config)
         scheduler._trial_state[t] = _PBTTrialState(t)
-        scheduler._trial_state[t].last_perturbation_time = 0
         members[t.trial_id] = (t, BareTrial(args.method, config, {}, args.epochs, args.eval_size, args.eval_steps,
                                             args.eval_eot, data=args.data))
         spend.start()
@@ -180,7 +179,6 @@ def mopbt_search(args, seed: int, spend: Spend, work: Path) -> Spend:
                                   args.eval_eot, data=args.data)
                 clone.start_from_clone(exp.exp_dir / t.config[CLONE_KEY]["seed"])
                 members[key] = (t, clone)
-                t.status = "RUNNING"
                 spend.start(restart=True)
             t.done = members[key][1].finished
             if spend.spent:
@@ -228,7 +226,6 @@ def main(argv=None) -> int:
         p.error(f"unknown arm(s) {', '.join(unknown)}")
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    args.population = args.trials
     args.data = data_mod.load(args.dataset)
     args.exp = dataclasses.replace(DEFAULTS, method=args.method, dataset=args.dataset, max_epochs=args.epochs)
     args.defaults = dataclasses.asdict(default_config(args.method, args.data.spec))
@@ -243,7 +240,7 @@ def main(argv=None) -> int:
         " per arm and seed"
     print(f"search_efficiency: {args.method} on {args.dataset}, {args.epochs} epochs/trial, budget {budget}, arms "
           f"{', '.join(arms)} (sampler {DEFAULTS.sampler}, {args.concurrency} trials at a time; MO-ASHA grace "
-          f"{args.grace_period}, factor {args.reduction_factor:g}; MO-PBT population {args.population}, interval "
+          f"{args.grace_period}, factor {args.reduction_factor:g}; MO-PBT population {args.trials}, interval "
           f"{args.perturbation_interval}), proxy on {args.eval_size} validation images (PGD-{args.eval_steps}, EOT "
           f"{args.eval_eot}), seeds {args.first_seed}..{args.first_seed + args.seeds - 1}, {args.threads} thread(s); "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)

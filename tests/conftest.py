@@ -84,15 +84,20 @@ def results_root(tmp_path_factory) -> Path:
     """A results root holding two finished tiny searches (pgd_at and standard, with the final
     evaluation), produced by the real command line."""
     root = tmp_path_factory.mktemp("results")
-    # side by side, each with its own local Ray, as two users' searches on one machine
-    procs = {method: subprocess.Popen([sys.executable, "-m", "raysearch.tune", "--method", method, "--storage-path",
-                                       str(root), "--name", f"tiny-{method}", *TINY], cwd=ROOT, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
-             for method in ("pgd_at", "standard")}
+    # side by side, each with its own local Ray, as two users' searches on one machine; their
+    # output goes to files (a pipe left unread while the other search is awaited could fill up)
+    logs = tmp_path_factory.mktemp("results-logs")
+    procs = {}
     try:
+        for method in ("pgd_at", "standard"):
+            with open(logs / f"{method}.out", "w") as out, open(logs / f"{method}.err", "w") as err:
+                procs[method] = subprocess.Popen(
+                    [sys.executable, "-m", "raysearch.tune", "--method", method, "--storage-path", str(root),
+                     "--name", f"tiny-{method}", *TINY], cwd=ROOT, text=True, stdout=out, stderr=err,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
         for method, proc in procs.items():
-            out, err = proc.communicate(timeout=900)
+            proc.wait(timeout=900)
+            out, err = ((logs / f"{method}.{kind}").read_text() for kind in ("out", "err"))
             assert proc.returncode == 0, f"search {method} failed:\n{out[-3000:]}\n{err[-3000:]}"
             (root / f"tiny-{method}" / "cli_output.txt").write_text(out)
     finally:
