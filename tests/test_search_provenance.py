@@ -6,12 +6,14 @@ import dataclasses
 import json
 import shutil
 import subprocess
+import sys
 
 import pytest
 
 from raysearch.config import ExperimentConfig
 from raysearch.schema import SCHEMA_VERSION
 from raysearch.search import provenance as prov
+from tests.conftest import ROOT
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -73,3 +75,20 @@ def test_the_record_holds_config_objectives_space_versions_and_git_state():
     assert record["git_dirty"] in (True, False, None) and isinstance(record["git_revision"], str)
     assert record["versions"]["torch"]
     json.dumps(record)  # plain JSON types: experiment.json holds what was recorded, not its str()
+
+
+def test_library_versions_are_the_installed_ones_and_reading_them_imports_nothing():
+    code = ("import sys; from raysearch.search import provenance as p; "
+            "from raysearch.config import ExperimentConfig; "
+            "r = p.provenance(ExperimentConfig(method='standard'), {}, {}); "
+            "print([m for m in ('torchvision', 'ot', 'sklearn') if m in sys.modules]); "
+            "import torchvision, ot, normflows, optuna, torch; "
+            "v = r['versions']; "
+            "print(v['torch'] == torch.__version__, v['ot'] == ot.__version__, v['normflows'] == normflows.__version__, "
+            "v['optuna'] == optuna.__version__, torchvision.__version__.startswith(v['torchvision']))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported, same = proc.stdout.strip().splitlines()[-2:]
+    assert imported == "[]"  # every search's driver starts without paying for them (seconds)
+    assert same == "True True True True True"
+    assert prov.library_version("no-such-distribution-here") is None

@@ -5,6 +5,7 @@ hardware."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import platform
 import subprocess
 import sys
@@ -17,7 +18,10 @@ from raysearch.schema import SCHEMA_VERSION
 from raysearch.search.searcher import OBJECTIVES
 
 CHECKOUT = Path(__file__).resolve().parent  # any folder inside the project's git checkout
-LIBRARIES = ("torch", "torchvision", "ray", "optuna", "pyarrow", "numpy", "normflows", "ot")
+# module name -> distribution name; versions are read from the installed metadata, not by importing
+# the modules (importing torchvision and POT costs every search's driver seconds of start-up)
+LIBRARIES = {"torch": "torch", "torchvision": "torchvision", "ray": "ray", "optuna": "optuna",
+             "pyarrow": "pyarrow", "numpy": "numpy", "normflows": "normflows", "ot": "POT"}
 
 
 def _git(folder: Path, *args: str) -> subprocess.CompletedProcess | None:
@@ -44,17 +48,21 @@ def git_dirty(folder: Path = CHECKOUT) -> bool | None:
     return bool(proc.stdout.strip())
 
 
+def library_version(distribution: str) -> str | None:
+    """The installed version of ``distribution`` (None where it is not installed)."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def provenance(exp: ExperimentConfig, space: dict, resources: dict) -> dict:
     """experiment.json's content. ``space``: the searched part of the search space as data;
     ``resources``: the Ray cluster's."""
     import torch
 
-    versions = {}
-    for mod in LIBRARIES:
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
-            versions[mod] = None
+    versions = {mod: library_version(dist) for mod, dist in LIBRARIES.items()}
+    versions["torch"] = torch.__version__  # with its build tag (+cu130, +cpu), which the metadata lacks
     return {"schema_version": SCHEMA_VERSION, "config": dataclasses.asdict(exp),
             "data_spec": dataclasses.asdict(data_mod.describe(exp.dataset, exp.data_dir, exp.eps_eval)),
             "objectives": list(OBJECTIVES), "search_space": space, "versions": versions,

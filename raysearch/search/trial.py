@@ -40,13 +40,28 @@ def train_run(exp: ExperimentConfig, config: dict[str, Any], trial_id: str) -> t
     return f"{trial_id}-clone{seed.name}", sampled, str(seed.resolve())
 
 
+def _trainer_without_datasets() -> type:
+    """Ray Train's ``DataParallelTrainer`` without its Ray Data hook: the workers read their own
+    shards of the data set (``raysearch.data``), and the hook starts a dataset-manager actor for
+    every Train run, a process start (≈ 2 CPU-s) per trial that serves nothing. The trainer
+    itself never leaves this process; its callbacks go to the Train controller as they are."""
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    class Trainer(DataParallelTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            return callbacks if self.datasets else [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+    return Trainer
+
+
 def run_trial(config: dict[str, Any], exp: ExperimentConfig) -> None:
     """Tune function trainable: drives one Ray Train run (``TorchTrainer``'s, with the process
     group set up by ``raysearch.ddp``, so the Train controller does not import torch) and re-emits
     its final metrics, so the last result Optuna sees is the trial's (after a resume Tune's last
     result can lag; see README, 'Why Ray is configured as it is'). ``config``: the sampled
     hyperparameters (with, for a MO-PBT clone, what it cloned: ``train_run``)."""
-    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from raysearch.ddp import LeanTorchConfig
@@ -59,7 +74,7 @@ def run_trial(config: dict[str, Any], exp: ExperimentConfig) -> None:
     per_worker = {"CPU": exp.cpus_per_worker}
     if use_gpu:
         per_worker["GPU"] = exp.gpus_per_worker
-    trainer = DataParallelTrainer(
+    trainer = _trainer_without_datasets()(
         train_loop,
         train_loop_config=loop_config(exp, sampled, trial_id, seed),
         backend_config=LeanTorchConfig(),
