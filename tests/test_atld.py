@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import changed, fresh_context, params
 from trainables import REGISTRY
-from trainables.atld import IMTPredictor, bce_nat_adv, latent_attack, latent_of
+from trainables.atld import IMTPredictor, bce_nat_adv, latent_attack, latent_of, latent_step_size
 from trainables.common import eval_mode
 
 DEFENSE = REGISTRY["atld"]
@@ -139,3 +139,18 @@ def test_attack_and_classifier_step_move_only_what_is_due(examples):
     terms = DEFENSE.train_step(ctx, x[:96], y[:96])
     assert set(terms) >= {"loss", "ce", "mse", "balance", "d_bce", "d_cls", "d_acc"}
     assert set(DEFENSE.trainable(ctx.cfg)) == set(DEFENSE.build(ctx.cfg, spec))  # nothing frozen
+
+
+
+def test_latent_attack_step_is_eps_for_one_step_and_two_and_a_half_eps_over_k_for_more(examples):
+    """ε for one step (the reference's), 2.5·ε/k for k > 1; with k steps the batch stays in the
+    ball and in [0, 1]."""
+    assert latent_step_size(0.1, 1) == 0.1
+    assert latent_step_size(0.1, 2) == pytest.approx(0.125) and latent_step_size(0.1, 3) == pytest.approx(0.25 / 3)
+    spec, x, y = examples
+    ctx = pretrained_ctx(spec, x, y, d_lr=0.02)
+    f, d, eps = ctx.raw["classifier"], ctx.raw["discriminator"], ctx.cfg.eps_train
+    with eval_mode(f, d):
+        x_adv = latent_attack(f, d, x[:64], eps, 3)
+    moved = (x_adv - x[:64]).abs()
+    assert (moved <= eps + 1e-6).all() and x_adv.min() >= 0 and x_adv.max() <= 1

@@ -6,7 +6,7 @@ found without labels by maximizing that estimate.
 Each batch:
 
 1. latent attack (no labels): a random start in the ε-ball, then ``attack_steps`` signed steps
-   of size ε that lower D's BCE (natural -> 1, perturbed -> 0), i.e. push the perturbed latent
+   (of size ε for one, 2.5·ε/k for k > 1) that lower D's BCE (natural -> 1, perturbed -> 0), i.e. push the perturbed latent
    where D finds it most unnatural; computed on an eval-mode view of f (no parameter gradients);
 2. classifier: CE(f(x_adv), label-smoothed y) + γ·s·MSE(f(x_adv), f(x)), s = max|∇ₓCE| /
    max|∇ₓMSE| per batch (an adaptive balance, capped); the target f(x) is held fixed and comes
@@ -61,7 +61,7 @@ class Config(BaseConfig):
     # behind a fast-growing MSE term and lets it blow up)
     balance_ema: float = 0.0
     label_smoothing: float = 0.5  # probability mass moved off the true class in the CE target
-    attack_steps: int = 1  # signed steps of size ε after the random start
+    attack_steps: int = 1  # signed steps after the random start (size ε for one, 2.5·ε/k for k > 1)
     imt: str = "off"  # test-time step toward "D says natural": off | uniform | banded (ATLD+)
     imt_step: float = field(default=8 / 255, metadata=EPS)  # IMT L∞ step on [0, 1] pixels
 
@@ -101,13 +101,20 @@ def bce_nat_adv(d_nat: torch.Tensor | None, d_adv: torch.Tensor, reduction: str 
     return loss
 
 
+def latent_step_size(eps: float, steps: int) -> float:
+    """The latent attack's signed step: ε for one step, 2.5·ε/k for k > 1."""
+    return eps if steps <= 1 else 2.5 * eps / steps
+
+
 def latent_attack(f: nn.Module, d: LatentDiscriminator, x: torch.Tensor, eps: float, steps: int,
                   latent: str = "logits") -> torch.Tensor:
-    """Unsupervised latent attack: random start in the ε-ball, then ``steps`` signed steps of
-    size ε lowering D's BCE on the perturbed latent (labelled 0). ``f`` and ``d`` are used as
-    given (callers set eval mode); only input gradients are taken, so no parameter's gradient is
-    touched. Returns a detached batch in the ε-ball and [0, 1]."""
+    """Unsupervised latent attack: random start in the ε-ball, then ``steps`` signed steps
+    lowering D's BCE on the perturbed latent (labelled 0), of size ε for one step (the
+    reference's) and 2.5·ε/k for k > 1 (k steps of ε would only bounce between the ball's
+    faces). ``f`` and ``d`` are used as given (callers set eval mode); only input gradients are
+    taken, so no parameter's gradient is touched. Returns a detached batch in the ε-ball and [0, 1]."""
     x = x.detach()
+    alpha = latent_step_size(eps, steps)
     x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0.0, 1.0)
     for _ in range(steps):
         x_adv.requires_grad_(True)
@@ -115,7 +122,7 @@ def latent_attack(f: nn.Module, d: LatentDiscriminator, x: torch.Tensor, eps: fl
         # summed: each example's step follows its own gradient; the natural term is constant in x_adv
         grad = torch.autograd.grad(bce_nat_adv(None, d_adv, "sum"), x_adv)[0]
         with torch.no_grad():
-            x_adv = torch.min(torch.max(x_adv - eps * grad.sign(), x - eps), x + eps).clamp(0.0, 1.0)
+            x_adv = torch.min(torch.max(x_adv - alpha * grad.sign(), x - eps), x + eps).clamp(0.0, 1.0)
     return x_adv.detach()
 
 
