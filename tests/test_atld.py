@@ -141,7 +141,6 @@ def test_attack_and_classifier_step_move_only_what_is_due(examples):
     assert set(DEFENSE.trainable(ctx.cfg)) == set(DEFENSE.build(ctx.cfg, spec))  # nothing frozen
 
 
-
 def test_latent_attack_step_is_eps_for_one_step_and_two_and_a_half_eps_over_k_for_more(examples):
     """ε for one step (the reference's), 2.5·ε/k for k > 1; with k steps the batch stays in the
     ball and in [0, 1]."""

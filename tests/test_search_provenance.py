@@ -84,7 +84,8 @@ def test_library_versions_are_the_installed_ones_and_reading_them_imports_nothin
             "print([m for m in ('torchvision', 'ot', 'sklearn') if m in sys.modules]); "
             "import torchvision, ot, normflows, optuna, torch; "
             "v = r['versions']; "
-            "print(v['torch'] == torch.__version__, v['ot'] == ot.__version__, v['normflows'] == normflows.__version__, "
+            "print(v['torch'] == torch.__version__, v['ot'] == ot.__version__, "
+            "v['normflows'] == normflows.__version__, "
             "v['optuna'] == optuna.__version__, torchvision.__version__.startswith(v['torchvision']))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

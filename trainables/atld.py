@@ -6,8 +6,8 @@ found without labels by maximizing that estimate.
 Each batch:
 
 1. latent attack (no labels): a random start in the ε-ball, then ``attack_steps`` signed steps
-   (of size ε for one, 2.5·ε/k for k > 1) that lower D's BCE (natural -> 1, perturbed -> 0), i.e. push the perturbed latent
-   where D finds it most unnatural; computed on an eval-mode view of f (no parameter gradients);
+   (of size ε for one, 2.5·ε/k for k > 1) that lower D's BCE (natural -> 1, perturbed -> 0),
+   i.e. push the perturbed latent where D finds it most unnatural; computed on an eval-mode view of f (no parameter gradients);
 2. classifier: CE(f(x_adv), label-smoothed y) + γ·s·MSE(f(x_adv), f(x)), s = max|∇ₓCE| /
    max|∇ₓMSE| per batch (an adaptive balance, capped); the target f(x) is held fixed and comes
    from the same training pass as f(x_adv), over [x, x_adv], so both share BN statistics. The
@@ -39,7 +39,7 @@ from torch.nn import functional
 from torch import nn
 
 from trainables.base import EPS, BaseConfig, Defense, Predictor, sgd_step
-from trainables.common import eval_mode, smooth_ce
+from trainables.common import eval_mode, pgd_step_size, smooth_ce
 from trainables.nets import make_classifier
 from trainables.rvs import logits_and_features
 from trainables.spec import DataSpec
@@ -103,7 +103,7 @@ def bce_nat_adv(d_nat: torch.Tensor | None, d_adv: torch.Tensor, reduction: str 
 
 def latent_step_size(eps: float, steps: int) -> float:
     """The latent attack's signed step: ε for one step, 2.5·ε/k for k > 1."""
-    return eps if steps <= 1 else 2.5 * eps / steps
+    return eps if steps <= 1 else pgd_step_size(eps, steps)
 
 
 def latent_attack(f: nn.Module, d: LatentDiscriminator, x: torch.Tensor, eps: float, steps: int,

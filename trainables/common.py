@@ -37,6 +37,11 @@ def margin_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (other - true).sum()
 
 
+def pgd_step_size(eps: float, steps: int) -> float:
+    """Madry et al.'s step for ``steps`` signed steps in an ε-ball: 2.5·ε/k."""
+    return 2.5 * eps / steps
+
+
 def pgd_linf(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
              eps: float, steps: int, step_size: float | None = None, *,
              loss_fn: Callable = ce_sum, random_start: bool = True, eot: int = 1) -> torch.Tensor:
@@ -45,7 +50,7 @@ def pgd_linf(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: 
     Returns a detached adversarial batch; ``model`` is used as is (callers set eval mode)."""
     if eps <= 0 or steps <= 0:
         return x.detach().clone()
-    step_size = 2.5 * eps / steps if step_size is None else step_size
+    step_size = pgd_step_size(eps, steps) if step_size is None else step_size
     x = x.detach()
     delta = torch.empty_like(x).uniform_(-eps, eps) if random_start else torch.zeros_like(x)
     delta = ((x + delta).clamp(0, 1) - x).requires_grad_(True)
