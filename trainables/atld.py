@@ -7,7 +7,8 @@ Each batch:
 
 1. latent attack (no labels): a random start in the ε-ball, then ``attack_steps`` signed steps
    (of size ε for one, 2.5·ε/k for k > 1) that lower D's BCE (natural -> 1, perturbed -> 0),
-   i.e. push the perturbed latent where D finds it most unnatural; computed on an eval-mode view of f (no parameter gradients);
+   i.e. push the perturbed latent where D finds it most unnatural; computed on an eval-mode
+   view of f (no parameter gradients);
 2. classifier: CE(f(x_adv), label-smoothed y) + γ·s·MSE(f(x_adv), f(x)), s = max|∇ₓCE| /
    max|∇ₓMSE| per batch (an adaptive balance, capped); the target f(x) is held fixed and comes
    from the same training pass as f(x_adv), over [x, x_adv], so both share BN statistics. The
