@@ -75,14 +75,17 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 900, module: s
                           text=True, timeout=timeout, env=full_env)
 
 
-TINY = ("--num-samples", "3", "--max-epochs", "2", "--eval-size", "120", "--final-eval-size", "40",
+TINY_TRIALS = 2
+TINY = ("--num-samples", str(TINY_TRIALS), "--max-epochs", "2", "--eval-size", "60", "--final-eval-size", "40",
         "--final-candidates", "front", "--eot-samples", "20")
+SPEED_FLAGS = ("--bf16", "--channels-last", "--loader-workers", "1")
 
 
 @pytest.fixture(scope="session")
 def results_root(tmp_path_factory) -> Path:
     """A results root holding two finished tiny searches (pgd_at and standard, with the final
-    evaluation), produced by the real command line."""
+    evaluation), produced by the real command line; the standard one trains with the speed
+    flags (``SPEED_FLAGS``)."""
     root = tmp_path_factory.mktemp("results")
     # side by side, each with its own local Ray, as two users' searches on one machine; their
     # output goes to files (a pipe left unread while the other search is awaited could fill up)
@@ -93,7 +96,8 @@ def results_root(tmp_path_factory) -> Path:
             with open(logs / f"{method}.out", "w") as out, open(logs / f"{method}.err", "w") as err:
                 procs[method] = subprocess.Popen(
                     [sys.executable, "-m", "raysearch.tune", "--method", method, "--storage-path", str(root),
-                     "--name", f"tiny-{method}", *TINY], cwd=ROOT, text=True, stdout=out, stderr=err,
+                     "--name", f"tiny-{method}", *TINY, *(SPEED_FLAGS if method == "standard" else ())],
+                    cwd=ROOT, text=True, stdout=out, stderr=err,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
         for method, proc in procs.items():
             proc.wait(timeout=900)

@@ -3,6 +3,7 @@ DataLoader workers, data held on the device, torch.compile; and the CLI passes t
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -12,7 +13,6 @@ from raysearch import perf, store
 from raysearch.config import ExperimentConfig, trial_config
 from raysearch.evaluate.proxy import proxy_eval
 from raysearch.schema import Status
-from tests.conftest import run_cli
 from trainables import REGISTRY
 from trainables.base import StepContext
 
@@ -171,11 +171,12 @@ def test_compile_trains_a_tiny_model_and_keeps_state_dict_keys():
 
 
 @pytest.mark.slow
-def test_cli_trial_with_speed_flags(tmp_path):
-    proc = run_cli("--method", "pgd_at", "--num-samples", "1", "--max-epochs", "2", "--eval-size", "60",
-                   "--no-final-eval", "--bf16", "--channels-last", "--loader-workers", "1",
-                   "--set", "attack_steps=2", "--storage-path", str(tmp_path), "--name", "flags", timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    row = store.read_rows(tmp_path / "flags" / store.TRIALS)[0]
-    assert row["status"] == Status.COMPLETED and row["epochs"] == 2 and row["clean_acc"] > 0.5
-    assert 0 < row["startup_s"] < row["wall_s"]
+def test_a_search_with_the_speed_flags_trains_and_records_them(results_root):
+    """The standard search of ``results_root`` ran with --bf16 --channels-last --loader-workers 1."""
+    exp_dir = results_root / "tiny-standard"
+    config = json.loads((exp_dir / store.EXPERIMENT).read_text())["config"]
+    assert config["bf16"] is True and config["channels_last"] is True and config["loader_workers"] == 1
+    rows = store.read_rows(exp_dir / store.TRIALS)
+    assert rows and all(r["status"] == Status.COMPLETED and r["epochs"] == 2 for r in rows)
+    assert max(r["clean_acc"] for r in rows) > 0.5
+    assert all(0 < r["startup_s"] < r["wall_s"] for r in rows)

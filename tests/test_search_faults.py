@@ -274,7 +274,7 @@ def _torn(path: Path, rows_per_version: int) -> bool:
 
 
 def _poll_during_writes(tmp_path, read=None) -> list[int]:
-    n, versions = 3000, 150
+    n, versions = 3000, 60
     store.write_trials(tmp_path, [{"trial_id": f"t{i}", "epochs": 0, "status": "running"} for i in range(n)])
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(n), str(versions)], cwd=ROOT,
                               stdout=subprocess.DEVNULL)

@@ -17,7 +17,7 @@ import pytest
 from raysearch import store, tune
 from raysearch.pareto import hypervolume_2d, pareto_mask
 from raysearch.schema import Status
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, TINY_TRIALS, run_cli
 
 # ---------------------------------------------------------------- bad input
 
@@ -180,7 +180,7 @@ def test_cli_search_writes_typed_results_and_prints_the_front(results_root):
     recorded = json.loads((exp_dir / store.EXPERIMENT).read_text())
 
     df = trials.to_pandas()
-    assert len(df) == 3 and set(df.status) == {Status.COMPLETED}
+    assert len(df) == TINY_TRIALS and set(df.status) == {Status.COMPLETED}
     assert trials.schema.field("clean_acc").type == pa.float64()
     assert trials.schema.field("hp_eps_train").type == pa.float64()
     assert trials.schema.field("hp_attack_steps").type == pa.int64()
@@ -191,7 +191,7 @@ def test_cli_search_writes_typed_results_and_prints_the_front(results_root):
 
     ev = evals.to_pandas()
     proxy = ev[ev.stage == "trial"]
-    assert set(proxy.threat) == {"clean", "seen"} and len(proxy) == 3 * 2 * 2  # trials × epochs × (clean, pgd)
+    assert set(proxy.threat) == {"clean", "seen"} and len(proxy) == TINY_TRIALS * 2 * 2  # trials × epochs × (clean, pgd)
     last = proxy[(proxy.epoch == 2) & (proxy.threat == "seen")].set_index("trial_id").accuracy
     assert (last.sort_index() == df.set_index("trial_id").robust_acc.sort_index()).all()
 
@@ -213,19 +213,19 @@ def test_optuna_study_recorded_every_trial(results_root):
     db = results_root / "tiny-pgd_at" / "optuna.db"
     with sqlite3.connect(db) as con:
         states = [r[0] for r in con.execute("select state from trials")]
-    assert states.count("COMPLETE") == 3
+    assert states.count("COMPLETE") == TINY_TRIALS
 
 
 @pytest.mark.slow
 def test_a_search_on_a_generated_28px_npz_runs_end_to_end(tmp_path):
     data_file = synthetic_npz(tmp_path / "shapes28.npz", n_train=400, n_test=40)  # 360 train, 40 validation
     proc = run_cli("--method", "pgd_at", "--dataset", f"npz:{data_file}", "--eps-eval", "0.1",
-                   "--num-samples", "2", "--max-epochs", "1", "--eval-size", "40", "--final-eval-size", "10",
+                   "--num-samples", "1", "--max-epochs", "1", "--eval-size", "40", "--final-eval-size", "10",
                    "--final-candidates", "1", "--set", "attack_steps=3", "--storage-path", str(tmp_path / "r"), "--name", "npz")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     exp_dir = tmp_path / "r" / "npz"
     trials = store.read_rows(exp_dir / store.TRIALS)
-    assert len(trials) == 2 and {r["status"] for r in trials} == {Status.COMPLETED}
+    assert len(trials) == 1 and {r["status"] for r in trials} == {Status.COMPLETED}
     assert {r["dataset"] for r in trials} == {f"npz:{data_file}"} and {r["eps_eval"] for r in trials} == {0.1}
     recorded = json.loads((exp_dir / store.EXPERIMENT).read_text())
     spec = recorded["data_spec"]
