@@ -153,3 +153,32 @@ def test_latent_attack_step_is_eps_for_one_step_and_two_and_a_half_eps_over_k_fo
         x_adv = latent_attack(f, d, x[:64], eps, 3)
     moved = (x_adv - x[:64]).abs()
     assert (moved <= eps + 1e-6).all() and x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_the_default_config_learns_digits_and_its_logits_stay_bounded(digits):
+    """At its defaults (γ 0.5 with the adaptive balance, label smoothing 0.5) on digits: four
+    epochs of a ten-epoch schedule, the whole step (attack, classifier, discriminator). The
+    classifier learns and its logits stay small. With the held-fixed target f(x) taken from one
+    training pass over [x, x_adv], the MSE's gradient moved the shared batch statistics that made
+    the target: the logits blew up in the third epoch and accuracy fell to chance."""
+    from raysearch.config import default_config
+    from raysearch.local import step_context
+
+    torch.manual_seed(0)
+    cfg = default_config("atld", digits.spec)
+    x_all, y_all = digits.train.images(), digits.train.y
+    per_epoch = -(-len(y_all) // cfg.batch_size)
+    ctx = step_context(DEFENSE, cfg, digits.spec, DEFENSE.build(cfg, digits.spec),
+                       total_steps=cfg.epochs * per_epoch, steps_per_epoch=per_epoch)
+    for _ in range(4):
+        perm = torch.randperm(len(y_all))
+        for i in range(0, len(y_all), cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            terms = DEFENSE.train_step(ctx, x_all[idx], y_all[idx])
+            assert terms["ce"] < 3.0, terms  # chance is ln 10 ≈ 2.3; the blow-up passed 10
+    f = ctx.raw["classifier"].eval()
+    with torch.no_grad():
+        logits = f(digits.val.images())
+    accuracy = (logits.argmax(1) == digits.val.y).float().mean().item()
+    assert accuracy > 0.8, accuracy
+    assert logits.abs().mean() < 5.0, logits.abs().mean()

@@ -11,9 +11,9 @@ Each batch:
    view of f (no parameter gradients);
 2. classifier: CE(f(x_adv), label-smoothed y) + γ·s·MSE(f(x_adv), f(x)), s = max|∇ₓCE| /
    max|∇ₓMSE| per batch (an adaptive balance, capped); the target f(x) is held fixed and comes
-   from the same training pass as f(x_adv), over [x, x_adv], so both share BN statistics. The
-   pull is a semi-gradient: nothing else constrains f(x), and at large ε its logits can drift
-   and grow; the per-batch balance keeps that from blowing up the step;
+   from a training-mode pass of its own over the natural batch (with BN statistics shared with
+   f(x_adv), the held-fixed target ignored how the MSE's gradient moved it, and the logits blew
+   up);
 3. discriminator: ``d_steps`` SGD steps on BCE(natural -> 1, adversarial -> 0) plus a K-way class
    head's CE on both latents, taken from the eval-mode view (the one the attack and IMT use).
 
@@ -42,7 +42,6 @@ from torch import nn
 from trainables.base import EPS, BaseConfig, Defense, Predictor, sgd_step
 from trainables.common import eval_mode, pgd_step_size, smooth_ce
 from trainables.nets import make_classifier
-from trainables.rvs import logits_and_features
 from trainables.spec import DataSpec
 
 LATENTS = ("logits", "features")
@@ -200,15 +199,17 @@ class ATLD(Defense):
         """One classifier update; returns its loss terms and the (detached) natural and
         adversarial latents for the discriminator."""
         cfg, f = ctx.cfg, ctx.raw["classifier"]
-        net = ctx.nets["classifier"]
         x_adv = x_adv.detach().requires_grad_(True)
         n = x.shape[0]
         with ctx.autocast():
-            # one training pass over [x, x_adv]: the natural target shares the adversarial
-            # half's BN statistics (a separate clean batch, or the eval-mode view whose running
-            # statistics follow adversarial batches, makes the semi-gradient MSE pull diverge)
-            logits, h = logits_and_features(net, f, torch.cat([x, x_adv]))
-            nat_logits, adv_logits = logits[:n].detach(), logits[n:]
+            # the target f(x): a training-mode pass of its own (the natural batch's statistics),
+            # held fixed, on the bare module (a second forward of the DDP wrapper before the
+            # backward fails). Sharing one pass over [x, x_adv] let the MSE's gradient move the
+            # shared batch statistics that also make the target, which a held-fixed target does
+            # not see: at the defaults on digits that loop blew the logits up within three epochs
+            with torch.no_grad():
+                nat_logits = f(x)
+            adv_logits = ctx.nets["classifier"](x_adv)
             ce = smooth_ce(adv_logits, y, cfg.label_smoothing)
             mse = functional.mse_loss(adv_logits, nat_logits)
         s = self._balance(ctx, ce, mse, x_adv)
