@@ -12,7 +12,8 @@ import torch
 
 from raysearch import data
 from raysearch.data import builtin
-from trainables.ijsat import IJSAT, flow_setting
+from trainables.ijsat import IJSAT
+from trainables.ijsat_flow import flow_setting
 from trainables.nets import resolve_arch
 
 

@@ -25,7 +25,8 @@ from raysearch.local import step_context
 from trainables import ijsat
 from trainables.base import sgd_step
 from trainables.common import frozen, pgd_linf
-from trainables.ijsat import IJSAT, FlowRefused, GlowFlow, check_flow, fit_flow, flow_setting, interpolate, joint_attack
+from trainables.ijsat import IJSAT, interpolate, joint_attack
+from trainables.ijsat_flow import MAX_BITS_PER_DIM, FlowRefused, GlowFlow, check_flow, fit_flow, flow_setting
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.lu is deprecated")
 DEFENSE = IJSAT()
@@ -246,7 +247,7 @@ def test_gate_refuses_damaged_weights_and_accepts_the_trained_flow(digits, train
     cfg, flow, _, _ = trained
     x = digits.val.images()
     good = check_flow({"flow": copy.deepcopy(flow)}, cfg, digits.spec, x, torch.device("cpu"))
-    assert good["bits_per_dim"] <= ijsat.MAX_BITS_PER_DIM["digits"] == good["max_bits_per_dim"]
+    assert good["bits_per_dim"] <= MAX_BITS_PER_DIM["digits"] == good["max_bits_per_dim"]
     damaged = copy.deepcopy(flow)
     torch.manual_seed(0)
     with torch.no_grad():
