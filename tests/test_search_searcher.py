@@ -19,14 +19,43 @@ def test_tpe_models_a_quarter_of_the_trials_as_good(n, good):
 @pytest.mark.parametrize("name,cls", [("tpe", optuna.samplers.TPESampler), ("nsga2", optuna.samplers.NSGAIISampler),
                                       ("gp", optuna.samplers.GPSampler), ("random", optuna.samplers.RandomSampler)])
 def test_each_sampler_name_makes_its_sampler(name, cls):
-    assert type(make_sampler(name, seed=0, num_samples=12)) is cls
+    sampler = make_sampler(name, seed=0, num_samples=12)
+    assert type(getattr(sampler, "base", sampler)) is cls
 
 
 def test_samplers_start_with_a_third_of_the_trials_at_random_up_to_five():
-    assert make_sampler("gp", 0, 12)._n_startup_trials == 4
-    assert make_sampler("gp", 0, 30)._n_startup_trials == 5
-    assert make_sampler("tpe", 0, 2)._n_startup_trials == 1
-    assert make_sampler("nsga2", 0, 12)._population_size == 4
+    assert make_sampler("gp", 0, 12).base._n_startup_trials == 4
+    assert make_sampler("gp", 0, 30).base._n_startup_trials == 5
+    assert make_sampler("tpe", 0, 2).base._n_startup_trials == 1
+    assert make_sampler("nsga2", 0, 12).base._population_size == 4
+
+
+@pytest.mark.parametrize("ending", [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL])
+def test_a_pruned_or_failed_point_is_not_proposed_again(ending):
+    """The GP sampler models completed trials only: after one completed trial, the trial it
+    proposes next is stopped, and with nothing new it would propose the very same point again.
+    The search's sampler draws that trial at random instead; the one after a completed trial
+    is the GP's own proposal."""
+    space = {"eps": optuna.distributions.FloatDistribution(0.05, 0.3),
+             "lr": optuna.distributions.FloatDistribution(0.01, 0.1, log=True)}
+
+    def run(sampler):
+        study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
+        study.enqueue_trial({"eps": 0.2, "lr": 0.05})
+        first = study.ask(space)
+        study.tell(first, [0.8, 0.2])
+        points = []
+        for _ in range(2):
+            trial = study.ask(space)
+            points.append(trial.params)
+            study.tell(trial, state=ending)
+        return points
+
+    plain = run(optuna.samplers.GPSampler(seed=0, n_startup_trials=1))
+    assert plain[0] == plain[1]  # what the GP alone does
+    ours = run(make_sampler("gp", seed=0, num_samples=3))
+    assert ours[0] == plain[0]  # the GP's proposal is kept when it is new
+    assert ours[1] != ours[0] and all(space[k]._contains(space[k].to_internal_repr(v)) for k, v in ours[1].items())
 
 
 def _searcher(db) -> Searcher:

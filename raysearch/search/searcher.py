@@ -68,7 +68,62 @@ def front_gamma(n: int) -> int:
     return min(max(2, math.ceil(0.25 * n)), 25)
 
 
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
+def _same_point(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        math.isclose(v, b[k], rel_tol=1e-9, abs_tol=1e-12) if isinstance(v, float) else v == b[k]
+        for k, v in a.items())
+
+
+class NoRepeats(optuna.samplers.BaseSampler):
+    """A sampler that never proposes again the point of a finished trial: where the wrapped
+    sampler does, this trial's values are drawn independently (at random) instead. The GP and
+    NSGA-II samplers model only completed (and running) trials, so after a trial is pruned or
+    failed nothing they see has changed and they propose the same point again: in a MO-ASHA
+    search one trial at a time, the GP sampler proposed one corner of the space for every trial
+    after the first, and MO-ASHA stopped each of them."""
+
+    def __init__(self, base: optuna.samplers.BaseSampler, seed: int):
+        self.base = base
+        self._random = optuna.samplers.RandomSampler(seed=seed)
+        self._redrawn: set[int] = set()  # numbers of the trials whose proposal was a repeat
+
+    def infer_relative_search_space(self, study, trial):
+        return self.base.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        params = self.base.sample_relative(study, trial, search_space)
+        if params and any(_same_point(params, {k: t.params.get(k) for k in params})
+                          for t in study._get_trials(deepcopy=False, states=FINISHED)):
+            self._redrawn.add(trial.number)
+            return {}  # every parameter then comes from sample_independent
+        return params
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        sampler = self._random if trial.number in self._redrawn else self.base
+        return sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self.base.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        self._redrawn.discard(trial.number)
+        self.base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
+        self._random.reseed_rng()
+
+
 def make_sampler(name: str, seed: int, num_samples: int) -> optuna.samplers.BaseSampler:
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return NoRepeats(_model_sampler(name, seed, num_samples), seed)
+
+
+def _model_sampler(name: str, seed: int, num_samples: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         # constant_liar (Optuna's default): concurrent trials see each other as running, so
         # trials asked together are not drawn from the same spot
@@ -83,4 +138,4 @@ def make_sampler(name: str, seed: int, num_samples: int) -> optuna.samplers.Base
         # (qLogEHVI over the trials still running, so concurrent trials are not drawn alike);
         # it beat TPE in 6/6 seeds and random search in 5/6 at N=10 (bench/search_efficiency.py)
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(5, max(num_samples // 3, 1)))
-    return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}")
