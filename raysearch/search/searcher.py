@@ -72,9 +72,11 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, op
 
 
 def _same_point(a: dict, b: dict) -> bool:
+    """Whether two trials' parameters are the same point (floats to 1e-9); a parameter one of
+    them lacks (a conditional one) makes them differ."""
     return a.keys() == b.keys() and all(
-        math.isclose(v, b[k], rel_tol=1e-9, abs_tol=1e-12) if isinstance(v, float) else v == b[k]
-        for k, v in a.items())
+        math.isclose(v, b[k], rel_tol=1e-9, abs_tol=1e-12) if isinstance(v, float) and isinstance(b[k], float)
+        else v == b[k] for k, v in a.items())
 
 
 class NoRepeats(optuna.samplers.BaseSampler):
