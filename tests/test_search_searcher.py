@@ -114,3 +114,15 @@ def test_the_gp_sampler_models_complete_trials_only(tmp_path):
     assert sampler.sample_relative(study, study._storage.get_trial(probe._trial_id), space) == {}
     study.add_trial(optuna.trial.create_trial(params={"lr": 0.02}, distributions=space, values=[0.8, 0.5]))
     assert set(sampler.sample_relative(study, study._storage.get_trial(probe._trial_id), space)) == {"lr"}
+
+
+def test_a_failed_trial_without_parameters_is_no_repeat():
+    """An Optuna trial asked and failed before it was given its parameters (what --resume fails
+    when the killed search never started it) is no point to compare with: proposals go on."""
+    space = {"lr": optuna.distributions.FloatDistribution(0.01, 0.1, log=True)}
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=make_sampler("gp", 0, 3))
+    first = study.ask(space)
+    study.tell(first, [0.8, 0.2])
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # no parameters
+    trial = study.ask(space)
+    assert set(trial.params) == {"lr"}
