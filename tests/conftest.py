@@ -75,6 +75,14 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 900, module: s
                           text=True, timeout=timeout, env=full_env)
 
 
+def python_c(code: str) -> str:
+    """Run ``python -c code`` in a fresh interpreter from the project root (what a fresh process
+    imports and prints); asserts it exited 0 and returns its standard output."""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
 TINY_TRIALS = 2
 # one trial at a time per search: the two searches run side by side, so the two cores are busy
 # (four trials starting at once on two cores made this fixture ≈ 15% slower)

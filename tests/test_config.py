@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 from raysearch.config import ExperimentConfig
-from tests.conftest import ROOT
+from tests.conftest import python_c
 
 
 def test_the_experiment_folder_is_derived_not_stored():
@@ -25,6 +23,5 @@ def test_the_radii_of_a_robustness_curve_default_to_none():
 
 def test_importing_the_config_imports_no_torch():
     code = "import sys; import raysearch.config; print('torch' in sys.modules, 'trainables' in sys.modules)"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["False", "False"]
+    out = python_c(code)
+    assert out.split() == ["False", "False"]

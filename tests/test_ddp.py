@@ -21,7 +21,7 @@ import torch
 from raysearch import store, trial_io
 from raysearch.ddp import process_group_backend
 from raysearch.schema import Status
-from tests.conftest import ROOT
+from tests.conftest import ROOT, python_c
 from trainables import REGISTRY
 
 
@@ -33,9 +33,8 @@ def test_the_controller_side_loads_without_torch():
             "cfg = pickle.loads(pickle.dumps(LeanTorchConfig())); "
             "assert cfg.backend_cls.share_cuda_visible_devices; cfg.framework; "
             "print(sorted(m for m in ('torch', 'ray.train.torch') if m in sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    out = python_c(code)
+    assert out.strip().splitlines()[-1] == "[]"
 
 
 def test_backend_follows_the_workers_devices():

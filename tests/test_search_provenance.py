@@ -6,14 +6,13 @@ import dataclasses
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 from raysearch.config import ExperimentConfig
 from raysearch.schema import SCHEMA_VERSION
 from raysearch.search import provenance as prov
-from tests.conftest import ROOT
+from tests.conftest import python_c
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -87,9 +86,8 @@ def test_library_versions_are_the_installed_ones_and_reading_them_imports_nothin
             "print(v['torch'] == torch.__version__, v['ot'] == ot.__version__, "
             "v['normflows'] == normflows.__version__, "
             "v['optuna'] == optuna.__version__, torchvision.__version__.startswith(v['torchvision']))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    imported, same = proc.stdout.strip().splitlines()[-2:]
+    out = python_c(code)
+    imported, same = out.strip().splitlines()[-2:]
     assert imported == "[]"  # every search's driver starts without paying for them (seconds)
     assert same == "True True True True True"
     assert prov.library_version("no-such-distribution-here") is None

@@ -13,8 +13,6 @@ import math
 import re
 import signal
 import sqlite3
-import subprocess
-import sys
 
 import psutil
 import pytest
@@ -24,7 +22,7 @@ from raysearch.config import ExperimentConfig
 from raysearch.schema import Status
 from raysearch.search.recorder import PROXY_ROW
 from raysearch.search.schedulers import SCHEDULERS, make_scheduler
-from tests.conftest import ROOT, run_cli
+from tests.conftest import python_c, run_cli
 from tests.test_search_cluster import kill_tree, rows, wait_for
 from tests.test_search_faults import start_cli
 
@@ -45,9 +43,8 @@ def test_the_registry_offers_none_moasha_and_mopbt():
 def test_the_registry_imports_no_ray():
     # the command line validates --scheduler against it before Ray is imported
     code = "import sys; import raysearch.search.schedulers; print('ray' in sys.modules)"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "False"
+    out = python_c(code)
+    assert out.strip() == "False"
 
 
 # ---------------------------------------------------------------- MO-ASHA end to end

@@ -3,12 +3,10 @@ clone's Train run is in test_search_mopbt; a trial run for real is in test_tune.
 from __future__ import annotations
 
 import pickle
-import subprocess
-import sys
 
 from raysearch.config import ExperimentConfig
 from raysearch.search.trial import loop_config
-from tests.conftest import ROOT
+from tests.conftest import python_c
 
 
 def test_the_train_controller_unpickles_the_loop_config_without_torch(tmp_path):
@@ -20,8 +18,7 @@ def test_the_train_controller_unpickles_the_loop_config_without_torch(tmp_path):
             f"cfg = pickle.loads(open({str(tmp_path / 'loop.pkl')!r}, 'rb').read()); "
             "print(repr(cfg['experiment']), cfg['sampled'], cfg['trial_id']); "
             "print(sorted(m for m in ('torch', 'trainables', 'ray.train.torch') if m in sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.strip().splitlines()
+    out = python_c(code)
+    lines = out.strip().splitlines()
     assert lines[0] == f"{exp!r} {{'eps_train': 0.1}} t1"  # the experiment config itself, whole
     assert lines[-1] == "[]"

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +15,7 @@ import pytest
 from raysearch import store, tune
 from raysearch.pareto import hypervolume_2d, pareto_mask
 from raysearch.schema import Status
-from tests.conftest import ROOT, TINY_TRIALS, run_cli
+from tests.conftest import TINY_TRIALS, python_c, run_cli
 
 # ---------------------------------------------------------------- bad input
 
@@ -72,9 +70,8 @@ def test_checking_the_arguments_imports_no_ray(tmp_path):
     code = ("import sys; from raysearch import tune; "
             f"code = tune.main(['--method', 'pgd_at', '--num-samples', '0', '--storage-path', {str(tmp_path)!r}]); "
             "print(code, 'ray' in sys.modules, 'optuna' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["2", "False", "False"]
+    out = python_c(code)
+    assert out.split() == ["2", "False", "False"]
 
 
 def test_missing_dataset_offline_says_where_to_put_it(tmp_path):
