@@ -99,6 +99,19 @@ def test_the_proxy_accuracies_are_stored_with_their_n_and_interval(started):
     assert row["eval_n"] == 60 and row["clean_acc_low"] == wilson(30, 60)[0]
 
 
+def test_a_trials_wall_time_counts_its_start_up(started):
+    """wall_s runs from the trial's start as the recorder saw it, so a trial whose actor and
+    workers took 25 s to start and 2 s to train lasted 27 s, not the trial function's 2 s."""
+    callback, trial, exp_dir = started
+    callback.run_started["t1"] -= 27
+    (row,) = store.read_rows(exp_dir / store.TRIALS)
+    callback.on_trial_result(1, [trial], trial, {**EPOCH, "train_started_at": row["started_at"] + 25})
+    callback.on_trial_result(2, [trial], trial, {"final": True, "status": Status.COMPLETED, "epoch": 1,
+                                                 "clean_acc": 0.5, "robust_acc": 0.25, "wall_s": 2.0})
+    (row,) = store.read_rows(exp_dir / store.TRIALS)
+    assert row["startup_s"] == pytest.approx(25.0) and row["wall_s"] == pytest.approx(27.0, abs=0.5)
+
+
 def test_a_trial_stopped_by_the_scheduler_is_completed_with_its_last_epoch(started, capsys):
     callback, trial, exp_dir = started
     callback.on_trial_result(1, [trial], trial, EPOCH)
@@ -111,11 +124,12 @@ def test_a_trial_stopped_by_the_scheduler_is_completed_with_its_last_epoch(start
 
 def test_the_final_report_of_a_failed_trial_records_why(started, capsys):
     callback, trial, exp_dir = started
+    callback.run_started["t1"] -= 3  # it ran for 3 s
     callback.on_trial_result(1, [trial], trial, {"final": True, "status": Status.FAILED, "error": "diverged: x",
-                                                 "wall_s": 3.0, "clean_acc": math.nan, "robust_acc": math.nan})
+                                                 "wall_s": 1.0, "clean_acc": math.nan, "robust_acc": math.nan})
     callback.on_trial_complete(2, [trial], trial)  # Tune's completion changes nothing after that
     (row,) = store.read_rows(exp_dir / store.TRIALS)
-    assert row["status"] == Status.FAILED and row["error"] == "diverged: x" and row["device_s"] == 6.0
+    assert row["status"] == Status.FAILED and row["error"] == "diverged: x" and row["device_s"] == pytest.approx(6.0, abs=0.2)
     assert "[1/2] trial t1 done in 3s: FAILED: diverged: x" in capsys.readouterr().out
 
 

@@ -180,8 +180,11 @@ class StoreCallback(ray.tune.Callback):
         # epochs whose results were in flight when an earlier driver died (same keys: no duplicates)
         for epoch_result in json.loads(result.get("history_json") or "[]"):
             self._record_epoch(row["trial_id"], epoch_result)
-        # a MO-PBT clone's wall_s holds its runs before its last clone (NaN for any other trial)
-        wall = result.get("wall_s")
+        # this run's time from its start as the recorder saw it, so that it includes the trial
+        # actor's start-up (as startup_s does); the trial's own measure if the start was not seen.
+        # A MO-PBT clone's wall_s holds its runs before its last clone (NaN for any other trial).
+        started = self.run_started.get(row["trial_id"])
+        wall = time.time() - started if started is not None else result.get("wall_s")
         if wall is not None and row.get("parent_trial_id"):
             wall += _seconds(row.get("wall_s"))
         row.update(status=result["status"], error=result.get("error"), finished_at=time.time(),
