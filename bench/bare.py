@@ -94,7 +94,7 @@ class BareTrial:
         pred = defense.predictor(self.nets, self.cfg)
         with eval_mode(*self.nets.values()):
             clean, robust, n = proxy_eval(pred, self.eval_x, self.eval_y, self.eps_eval, self.eval_steps,
-                                          self.eval_eot)
+                                          self.eval_eot, classes=self.data.spec.classes)
         for role, m in self.nets.items():
             if role not in self.roles:
                 m.eval()

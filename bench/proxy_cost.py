@@ -6,7 +6,7 @@
 Each registered defense at its default config (default architecture; pre-trained components
 trained once into ``--cache``) trains ``--epochs`` epochs in this process, without Ray, the way a
 trial's worker does (the worker's loader and batch size, the defense's train_step); after every
-epoch the proxy the worker runs (``raysearch.evaluate.proxy``: clean, PGD-CE and PGD-margin,
+epoch the proxy the worker runs (``raysearch.evaluate.proxy``: clean, PGD-margin, PGD-CE and APGD-T,
 through the BPDA pipeline too where there is one, EOT for randomized predictors) is timed on the
 validation subset of the default size. The proxy is timed after every epoch because its cost
 depends on the model (an image leaves the attacks once its score is 0); a trial pays it on the
@@ -61,7 +61,8 @@ def time_method(method: str, d: data_mod.Data, cache: Path, args) -> dict:
         for m in ctx.raw.values():
             m.eval()
         t0 = time.perf_counter()
-        clean, robust, n = proxy.proxy_eval(pred, x_eval, y_eval, eps, args.eval_steps, args.eval_eot)
+        clean, robust, n = proxy.proxy_eval(pred, x_eval, y_eval, eps, args.eval_steps, args.eval_eot,
+                                            classes=d.spec.classes)
         proxy_s.append(time.perf_counter() - t0)
         for k, m in ctx.raw.items():
             m.train(modes[k])
@@ -70,7 +71,7 @@ def time_method(method: str, d: data_mod.Data, cache: Path, args) -> dict:
     due = [e for e in range(1, args.epochs + 1) if proxy.proxy_due(e, args.epochs, every)]
     return {"train": statistics.median(train_s), "proxy": statistics.median(proxy_s),
             "train_total": sum(train_s), "proxy_total": sum(proxy_s[e - 1] for e in due), "proxies": len(due),
-            "runs": len(proxy.proxy_runs(pred)), "calls": pred.calls(args.eval_eot), "acc": acc, "n": len(y_eval)}
+            "runs": proxy.runs_per_image(pred, d.spec.classes), "calls": pred.calls(args.eval_eot), "acc": acc, "n": len(y_eval)}
 
 
 def main() -> None:
@@ -96,7 +97,8 @@ def main() -> None:
             torch.manual_seed(0)
             rows[m] = time_method(m, d, cache, args)
             print(f"  {m}: done", file=sys.stderr, flush=True)
-    print(f"proxy cost, {args.dataset}, {args.epochs} epochs, PGD-{args.eval_steps} × 1 restart per attack run, "
+    print(f"proxy cost, {args.dataset}, {args.epochs} epochs, {args.eval_steps} steps per attack run (runs: per "
+          f"image, targets included), "
           f"EOT {args.eval_eot}, {next(iter(rows.values()))['n']} validation images, {args.threads} thread(s)")
     head = (f"{'method':<9} {'runs':>4} {'calls':>5} {'proxies':>7} {'epoch s':>8} {'proxy s':>8} {'proxy/epoch':>11} "
             f"{'share of work':>13} {f'share +{args.startup_s:g}s':>12} {'clean':>6} {'robust':>6}")

@@ -1,14 +1,17 @@
 """Does the per-epoch proxy tell the search the truth? For each method, one model trained at its
 default configuration (the worker's loop without Ray, ``bench/bare.py``), then on that one model:
 
-* the old proxy: min(clean, PGD-CE) per image, one restart, the proxy's steps and EOT, real
+* the old proxy: min(clean, PGD-CE) per image, one restart, 10 steps, the proxy's EOT, real
   gradient only (what the search maximized before the margin loss and BPDA were added);
-* the proxy as the search runs it now (``raysearch.evaluate.proxy.proxy_eval``);
+* the untargeted proxy: per image the worst of PGD-CE and PGD-margin at 10 steps, through BPDA
+  too (what the search maximized before the targeted runs were added);
+* the proxy as the search runs it now (``raysearch.evaluate.proxy.proxy_eval``: the untargeted
+  runs and APGD-T, each at the default steps);
 * the final suite's worst case over seen attacks, with its 95% Wilson interval.
 
-Both proxies are measured on the validation subset the worker uses and the final suite on the
-test split, as in a search. The gap (proxy − final worst-seen) is printed for both proxies, and
-whether the new one falls inside the final number's interval. For a randomized predictor the
+The proxies are measured on the validation subset the worker uses and the final suite on the
+test split, as in a search. The gap (proxy − final worst-seen) is printed for every proxy, and
+whether the current one falls inside the final number's interval. For a randomized predictor the
 final clean and worst-seen accuracy are printed per call and as the ensemble vote of the
 scoring calls, side by side.
 
@@ -40,6 +43,7 @@ from trainables import REGISTRY  # noqa: E402
 from trainables.common import eval_mode  # noqa: E402
 
 DEFAULTS = ExperimentConfig(method="pgd_at")
+UNTARGETED_STEPS = 10  # the untargeted proxy's steps before the targeted runs were added
 
 
 def old_proxy(pred, x, y, eps: float, steps: int, eot: int, batch_size: int = 256) -> float:
@@ -71,13 +75,16 @@ def measure(method: str, args) -> dict:
     vx, vy = data_mod.eval_subset(data.val, args.eval_size, seed=0)
     tx, ty = data_mod.eval_subset(data.test, args.final_n, seed=0)
     with eval_mode(*nets.values()):
-        before = old_proxy(pred, vx, vy, spec.eps_eval, DEFAULTS.eval_steps, DEFAULTS.eval_eot)
-        clean, robust, n = proxy_eval(pred, vx, vy, spec.eps_eval, DEFAULTS.eval_steps, DEFAULTS.eval_eot)
+        before = old_proxy(pred, vx, vy, spec.eps_eval, UNTARGETED_STEPS, DEFAULTS.eval_eot)
+        untargeted = proxy_eval(pred, vx, vy, spec.eps_eval, UNTARGETED_STEPS, DEFAULTS.eval_eot,
+                                attacks=("pgd_cw", "pgd_ce"), classes=spec.classes)[1] / len(vy)
+        clean, robust, n = proxy_eval(pred, vx, vy, spec.eps_eval, DEFAULTS.eval_steps, DEFAULTS.eval_eot,
+                                      classes=spec.classes)
         rep = evaluate_predictor(pred, tx, ty, spec, eot=DEFAULTS.eot_samples, seed=0,
                                  surrogate=nets.get("classifier"), extra=defense.extra_attacks(nets, cfg))
     worst = rep.accuracy("worst_seen")
     low, high = accuracy_interval(worst, rep.n)
-    return {"method": method, "old": before, "new": robust / n, "proxy_clean": clean / n, "final": worst,
+    return {"method": method, "old": before, "untargeted": untargeted, "new": robust / n, "proxy_clean": clean / n, "final": worst,
             "low": low, "high": high, "n": rep.n, "clean": rep.clean_acc, "randomized": pred.randomized,
             "ensemble": dict(rep.ensemble), "flags": list(rep.flags), "seconds": time.time() - t0}
 
@@ -95,15 +102,16 @@ def main(argv=None) -> int:
     print(f"proxy_gap: {args.dataset}, {args.epochs} epochs at each method's defaults, proxy on {args.eval_size} "
           f"validation images, final suite on {args.final_n} test images; load average {os.getloadavg()[0]:.1f}",
           flush=True)
-    print(f"{'method':8s} {'old proxy':>9s} {'new proxy':>9s} {'final worst-seen [95% CI]':>26s} "
-          f"{'gap old':>8s} {'gap new':>8s} {'new in CI':>9s}  flags")
+    print(f"{'method':8s} {'CE only':>9s} {'untargeted':>10s} {'proxy':>9s} {'final worst-seen [95% CI]':>26s} "
+          f"{'gap CE':>8s} {'gap untg':>8s} {'gap now':>8s} {'now in CI':>9s}  flags")
     rows = []
     for method in args.methods.split(","):
         r = measure(method, args)
         rows.append(r)
         inside = r["low"] <= r["new"] <= r["high"]
-        print(f"{method:8s} {r['old']:9.3f} {r['new']:9.3f} {r['final']:9.3f} [{r['low']:.3f}, {r['high']:.3f}]     "
-              f"{r['old'] - r['final']:+8.3f} {r['new'] - r['final']:+8.3f} {'yes' if inside else 'no':>9s}  "
+        print(f"{method:8s} {r['old']:9.3f} {r['untargeted']:10.3f} {r['new']:9.3f} {r['final']:9.3f} "
+              f"[{r['low']:.3f}, {r['high']:.3f}]     {r['old'] - r['final']:+8.3f} {r['untargeted'] - r['final']:+8.3f} "
+              f"{r['new'] - r['final']:+8.3f} {'yes' if inside else 'no':>9s}  "
               f"{';'.join(r['flags']) or '-'}  ({r['seconds']:.0f} s)", flush=True)
     for r in rows:
         if r["randomized"]:

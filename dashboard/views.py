@@ -69,8 +69,8 @@ class View:
         return self.robust_axis or self.label[:1].lower() + self.label[1:]
 
 
-# The search's per-epoch estimate: worst of PGD-CE and PGD-margin per image, on validation images.
-PROXY_VIEW = View(PROXY, "Proxy robust (PGD-CE/margin, per epoch)", "proxy robust accuracy (PGD-CE/margin, per epoch)",
+# The search's per-epoch estimate: worst of PGD-margin, PGD-CE and APGD-T per image, on validation images.
+PROXY_VIEW = View(PROXY, "Proxy robust (PGD + APGD-T, per epoch)", "proxy robust accuracy (PGD + APGD-T, per epoch)",
                   "proxy clean accuracy (per epoch)")
 
 

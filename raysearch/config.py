@@ -45,10 +45,12 @@ class ExperimentConfig:
     gpus_per_worker: float = 0.0
     address: str = ""
     eval_size: int = 500  # validation images for the per-epoch proxy
-    # per-epoch proxy: PGD steps of each attack (CE and margin, real gradient and BPDA), EOT draws
-    # per gradient for randomized predictors, epochs between two proxies (always after the last);
-    # chosen so that the proxy is at most about a quarter of a trial's time (bench/proxy_cost.py)
-    eval_steps: int = 10
+    # per-epoch proxy: gradient steps of each attack run (PGD-margin, PGD-CE, APGD-T per target;
+    # real gradient and BPDA), EOT draws per gradient for randomized predictors, epochs between
+    # two proxies (always after the last; the CLI's default per method and scheduler is
+    # raysearch.evaluate.proxy.default_eval_every), chosen so that the proxy is at most about a
+    # quarter of a trial's time (bench/proxy_cost.py)
+    eval_steps: int = 20
     eval_eot: int = 2
     eval_every: int = 1
     eot_samples: int = 20  # EOT gradient samples for randomized predictors in the final suite

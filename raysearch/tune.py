@@ -76,14 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=1, help="worker-group restarts per trial from its last "
                                                                "checkpoint (default 1)")
     p.add_argument("--eval-size", type=int, default=500, help="validation images for the per-epoch proxy")
-    p.add_argument("--eval-steps", type=int, default=10, help="PGD steps of each attack of the per-epoch proxy "
-                                                              "(default 10)")
+    p.add_argument("--eval-steps", type=int, default=20, help="gradient steps of each attack run of the per-epoch "
+                                                              "proxy (default 20)")
     p.add_argument("--eval-eot", type=int, default=2, help="EOT draws per gradient (and scoring calls) of the "
                                                            "per-epoch proxy for randomized predictors (default 2)")
     p.add_argument("--eval-every", type=int, default=0,
                    help="run the per-epoch proxy every N epochs and after the last one; the epochs between "
-                        "report the last measured values (default: 1, or only after the last epoch for a "
-                        "randomized defense such as atop when no --scheduler runs)")
+                        "report the last measured values (default: 1 with a --scheduler; otherwise "
+                        "ceil(epochs/3), or only after the last epoch for a randomized defense such as atop)")
     p.add_argument("--eot-samples", type=int, default=20, help="EOT samples in the final evaluation (default 20)")
     p.add_argument("--eval-memory", default="", metavar="SIZE",
                    help="memory the attacks of the proxy and the final suite may use, e.g. 2GB or 512MB (default: "

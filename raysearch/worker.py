@@ -139,8 +139,9 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
     # start-up marks (unix s): worker process start, loop entry, first training step
     marks = {"worker_started_at": _process_started_at(), "loop_started_at": loop_started_at,
              "train_started_at": time.time()}
-    measure = functools.partial(measure_proxy, defense, raw, cfg, exp, eval_x, eval_y, eps_eval, device)
-    settings = proxy_settings(defense.predictor(raw, cfg), exp)
+    settings = proxy_settings(defense.predictor(raw, cfg), exp, spec.classes)
+    measure = functools.partial(measure_proxy, defense, raw, cfg, exp, eval_x, eval_y, eps_eval, device,
+                                spec.classes, settings)
 
     for epoch in range(start_epoch, cfg.epochs):
         ctx.epoch = epoch
@@ -195,25 +196,25 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
 
 
 def measure_proxy(defense, raw, cfg, exp: ExperimentConfig, eval_x: torch.Tensor, eval_y: torch.Tensor,
-                  eps_eval: float, device) -> dict[str, Any]:
+                  eps_eval: float, device, classes: int, settings: dict[str, int]) -> dict[str, Any]:
     """The proxy on this worker's shard of the validation subset, summed over the trial's workers:
     the accuracies, the images they count, the attack's settings and the seconds it took."""
     t0 = time.time()
     pred = defense.predictor(raw, cfg)
     with _eval_mode(raw):
         correct, robust, n = proxy.proxy_eval(pred, eval_x, eval_y, eps_eval, exp.eval_steps, exp.eval_eot,
-                                              eval_memory=exp.eval_memory)
+                                              eval_memory=exp.eval_memory, classes=classes)
     correct, robust, n = sum_over_workers([correct, robust, n], device)
     return {"clean_acc": correct / max(n, 1), "robust_acc": robust / max(n, 1), "eval_n": int(n),
-            **proxy_settings(pred, exp), "eval_s": time.time() - t0}
+            **settings, "eval_s": time.time() - t0}
 
 
-def proxy_settings(pred, exp: ExperimentConfig) -> dict[str, int]:
+def proxy_settings(pred, exp: ExperimentConfig, classes: int) -> dict[str, int]:
     """How the proxy attacks ``pred``, reported with every epoch (the same for the whole trial)."""
     return {"eval_eot": pred.draws(exp.eval_eot),  # random draws per gradient
             "eval_calls": pred.calls(exp.eval_eot),  # calls each validation image is scored on
-            "eval_iterations": exp.eval_steps,  # PGD steps per attack
-            "eval_restarts": proxy.RESTARTS}  # per attack
+            "eval_iterations": exp.eval_steps,  # gradient steps per run
+            "eval_restarts": proxy.runs_per_image(pred, classes)}  # runs per image over the attacks
 
 
 NOT_MEASURED = {"proxy_epoch": 0, "clean_acc": math.nan, "robust_acc": math.nan, "eval_n": 0, "eval_s": 0.0}

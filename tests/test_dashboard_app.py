@@ -120,11 +120,11 @@ def test_without_final_results_the_page_opens_on_the_proxy_labelled_as_a_proxy(m
     at = run_app(monkeypatch, root)
     res = load.load_results(root)
     view = at.selectbox(key="view")
-    assert view.value == views.PROXY and view.options == ["Proxy robust (PGD-CE/margin, per epoch)"]
+    assert view.value == views.PROXY and view.options == ["Proxy robust (PGD + APGD-T, per epoch)"]
     front = charts(at)[0]
     assert front_points(front) == expected_points(res, views.PROXY)
     layout = front["layout"]
-    assert layout["yaxis"]["title"]["text"] == "proxy robust accuracy (PGD-CE/margin, per epoch)"
+    assert layout["yaxis"]["title"]["text"] == "proxy robust accuracy (PGD + APGD-T, per epoch)"
     assert layout["xaxis"]["title"]["text"] == "proxy clean accuracy (per epoch)"
     assert layout["legend"]["title"]["text"] == "method · proxy"
     assert any(c.value.startswith("Proxy: ") for c in at.caption)

@@ -31,7 +31,7 @@ def test_front_figure_fades_dominated_trials_and_opens_running_ones():
     assert list(on.x) == [0.6, 0.9] and on.marker.opacity == 1.0 and list(on.marker.symbol) == ["circle-open", "circle"]
     assert list(off.x) == [0.5] and off.marker.opacity == figures.FADED
     # the proxy is labelled a proxy on both axes and in the legend
-    assert fig.layout.yaxis.title.text == "proxy robust accuracy (PGD-CE/margin, per epoch)"
+    assert fig.layout.yaxis.title.text == "proxy robust accuracy (PGD + APGD-T, per epoch)"
     assert fig.layout.xaxis.title.text == "proxy clean accuracy (per epoch)"
     assert fig.layout.legend.title.text == "method · proxy"
 

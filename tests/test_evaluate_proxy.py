@@ -1,6 +1,7 @@
 """The per-epoch proxy (raysearch.evaluate.proxy): counts, per-call scoring of randomized
 predictors (checked against closed forms on a randomized toy), robust at most clean per image;
-the worst case over cross-entropy and margin PGD (a saturated model that CE-PGD calls robust) and
+the worst case over cross-entropy and margin PGD (a saturated model that CE-PGD calls robust), over
+the targeted runs (a decoy class that untargeted PGD follows) and
 over the real gradient and BPDA (a clipping test-time step that zeroes the real gradient); its
 own random streams; and the epochs the worker runs it on (--eval-every)."""
 from __future__ import annotations
@@ -77,10 +78,10 @@ def test_randomized_predictors_are_scored_on_eot_calls_deterministic_on_one():
     At radius 0 only the clean score runs (every attacked image would be the clean one)."""
     x, y = torch.rand(6, 1, 4, 4), torch.zeros(6, dtype=torch.long)
     model = Rows(Fixed())
-    proxy.proxy_eval(Predictor(model), x, y, 0.0, 3, 20)
+    proxy.proxy_eval(Predictor(model), x, y, 0.0, 3, 20, classes=2)
     assert model.rows == 6
     model.rows = 0
-    proxy.proxy_eval(Predictor(model, randomized=True, draws_per_call=4), x, y, 0.0, 3, 20)
+    proxy.proxy_eval(Predictor(model, randomized=True, draws_per_call=4), x, y, 0.0, 3, 20, classes=2)
     assert model.rows == 5 * 6
 
 
@@ -88,18 +89,57 @@ def test_every_proxy_attack_runs_and_scores_on_the_calls_of_its_budget():
     """At a radius above 0 a deterministic predictor runs each proxy attack (one restart of
     ``steps`` gradient steps, one forward pass each as the constant model is never fooled, and
     one scoring call), and through the BPDA pipeline when there is one; the registry's
-    cross-entropy and margin PGD are the proxy's attacks."""
-    assert set(proxy.PROXY_ATTACKS) == {"pgd_ce", "pgd_cw"}
-    assert {ATTACKS[a].params["loss"] for a in proxy.PROXY_ATTACKS} == {"ce", "margin"}
+    cross-entropy and margin PGD and targeted APGD are the proxy's attacks. On two classes the
+    targeted DLR loss is not defined, so APGD-T is left out."""
+    assert proxy.PROXY_ATTACKS == ("pgd_cw", "pgd_ce", "apgd_t")
+    assert [ATTACKS[a].params["loss"] for a in proxy.PROXY_ATTACKS[:2]] == ["margin", "ce"]
+    assert ATTACKS["apgd_t"].params["n_targets"] == 9
     x, y = torch.rand(6, 1, 4, 4), torch.zeros(6, dtype=torch.long)
     model, bpda = Rows(Fixed()), Rows(Fixed())
-    proxy.proxy_eval(Predictor(model), x, y, 0.1, 3, 1)
+    proxy.proxy_eval(Predictor(model), x, y, 0.1, 3, 1, classes=2)
     assert model.rows == 6 + 2 * (3 + 1) * 6
     model.rows = 0
-    assert [r.name for r in proxy.proxy_runs(Predictor(model, bpda=bpda))] == [
+    assert [r.name for r in proxy.proxy_runs(Predictor(model, bpda=bpda), 2)] == [
         "pgd_cw", "pgd_ce", "pgd_cw+bpda", "pgd_ce+bpda"]
-    proxy.proxy_eval(Predictor(model, bpda=bpda), x, y, 0.1, 3, 1)
+    proxy.proxy_eval(Predictor(model, bpda=bpda), x, y, 0.1, 3, 1, classes=2)
     assert (model.rows, bpda.rows) == (6 + 2 * (3 + 1) * 6 + 2 * 6, 2 * 3 * 6)
+
+
+def test_the_targeted_runs_join_on_four_classes_or_more_and_never_on_randomized_predictors():
+    """APGD-T runs on 4 classes or more, through BPDA too, one run per wrong class up to 9; a
+    randomized predictor gets the final suite's rand protocol, which has no APGD-T."""
+    model, bpda = Fixed(), Fixed()
+    assert [r.name for r in proxy.proxy_runs(Predictor(model, bpda=bpda), 10)] == [
+        "pgd_cw", "pgd_ce", "apgd_t", "pgd_cw+bpda", "pgd_ce+bpda", "apgd_t+bpda"]
+    assert proxy.runs_per_image(Predictor(model), 10) == 1 + 1 + 9
+    assert proxy.runs_per_image(Predictor(model), 4) == 1 + 1 + 3
+    assert proxy.runs_per_image(Predictor(model, bpda=bpda), 100) == 2 * (1 + 1 + 9)
+    assert proxy.runs_per_image(Predictor(model), 3) == 2
+    assert [r.name for r in proxy.proxy_runs(Predictor(model, randomized=True), 10)] == ["pgd_cw", "pgd_ce"]
+
+
+class Decoy(nn.Module):
+    """Four classes, the true one 0 at logit 0. Class 1 (logit ≈ −1) is the likeliest wrong
+    class but out of reach (weight 0.01 on the first 16 pixels); class 2 is reachable (weight 100
+    on the last 16 pixels, all at 0.5: +0.15 each lifts its logit from −230 to +10) but its
+    softmax weight e^−230 is 0 in float32; class 3 sits at −1000. Untargeted margin PGD follows
+    the likeliest wrong class only and cross-entropy's gradient has no class-2 part, so both
+    leave every image correct; targeting class 2 fools every one. Known answer: robust 0."""
+
+    def forward(self, x):
+        f = x.flatten(1)
+        z1 = 0.01 * f[:, :16].sum(1) - 1.0
+        z2 = 100 * f[:, 16:].sum(1) - 1030.0
+        return torch.stack([torch.zeros_like(z1), z1, z2, torch.full_like(z1, -1000.0)], 1)
+
+
+def test_the_targeted_runs_find_what_untargeted_pgd_misses():
+    n = 20
+    x = torch.cat([torch.rand(n, 1, 4, 4), torch.full((n, 1, 4, 4), 0.5)], 2)  # 16 + 16 pixels
+    y = torch.zeros(n, dtype=torch.long)
+    pred = Predictor(Decoy())
+    assert proxy.proxy_eval(pred, x, y, 0.15, 20, 1, attacks=("pgd_cw", "pgd_ce")) == (n, n, n)
+    assert proxy.proxy_eval(pred, x, y, 0.15, 20, 1) == (n, 0.0, n)
 
 
 def test_the_proxy_attack_lowers_accuracy_and_stays_in_the_ball(trained, digits):
@@ -127,7 +167,7 @@ def test_randomized_proxy_sums_per_call_fractions():
     clean, robust, count = proxy.proxy_eval(pred, x, y, 0.1, 2, k)
     assert count == n and robust <= clean
     assert abs(clean / n - p) <= Z95 * math.sqrt(p * (1 - p) / (n * k))
-    scores = 1 + len(proxy.proxy_runs(pred))
+    scores = 1 + len(proxy.proxy_runs(pred, 2))
     pmf = [math.comb(k, j) * p ** j * (1 - p) ** (k - j) for j in range(k + 1)]
     tail = [sum(pmf[j:]) ** scores for j in range(k + 2)]  # P(min(A, B, C) >= j)
     probs = [tail[j] - tail[j + 1] for j in range(k + 1)]
@@ -258,3 +298,16 @@ def test_the_worker_runs_the_proxy_every_n_epochs_and_after_the_last():
     assert len(measured) == 3
     assert [e for e in range(1, 9) if proxy.proxy_due(e, 8, 1)] == list(range(1, 9))
     assert [e for e in range(1, 6) if proxy.proxy_due(e, 5, 2)] == [2, 4, 5]
+
+
+def test_the_default_schedule_is_three_proxies_last_only_for_randomized_every_epoch_with_a_scheduler():
+    """--eval-every's default: a deterministic defense is measured after epochs 3, 6 and 8 of 8
+    (and every epoch of a 2-epoch trial), a randomized one after the last only, and under an
+    early-stopping scheduler every epoch, which it ranks trials by."""
+    def due(randomized, epochs, scheduler="none"):
+        every = proxy.default_eval_every(randomized, epochs, scheduler)
+        return [e for e in range(1, epochs + 1) if proxy.proxy_due(e, epochs, every)]
+
+    assert due(False, 8) == [3, 6, 8] and due(False, 2) == [1, 2] and due(False, 30) == [10, 20, 30]
+    assert due(True, 8) == [8]
+    assert due(False, 8, "moasha") == due(True, 8, "mopbt") == list(range(1, 9))

@@ -106,3 +106,16 @@ def test_curve_plan_takes_the_seen_attacks_at_eps_eval_and_drops_eps_eval():
     assert suite.curve_plan(suite_, [8 / 255], 0.0313725) == ([], ())
     assert suite.curve_plan([attacks.ATTACKS["pgd_l2"]], [0.1], 0.2) == ([], ())
     assert suite.curve_plan(suite_, (), 0.2) == ([], ())
+
+
+@pytest.mark.parametrize("classes, left_out", [(2, {"apgd_dlr", "apgd_t"}), (3, {"apgd_t"}), (4, set())])
+def test_attacks_whose_loss_needs_more_classes_are_left_out(digits, classes, left_out):
+    """DLR divides by the gap between the top logit and the third (the targeted form also needs a
+    fourth), so on a data set of fewer classes those attacks are not run rather than failing."""
+    import dataclasses
+
+    spec = dataclasses.replace(digits.spec, classes=classes)
+    seen = [n for n in attacks.DEFAULT_SUITE if attacks.ATTACKS[n].threat == Threat.SEEN]
+    runs = {r.attack.name for r in suite.attack_runs([attacks.ATTACKS[n] for n in seen], Predictor(nn.Identity()),
+                                                     spec, 0.2, None, 1)}
+    assert runs == set(seen) - left_out - {"transfer_pgd"}

@@ -41,8 +41,8 @@ def test_report_prints_the_front_its_hypervolume_and_each_failure(tmp_path, caps
                                                    "search_space": {"lr": {}, "steps": {}}})
     report(tmp_path)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1] == ("Pareto front: clean accuracy vs proxy robust accuracy (per image the worst of L∞ PGD-CE "
-                        "and PGD-margin, 20 steps) at ε=0.2 "
+    assert lines[1] == ("Pareto front: clean accuracy vs proxy robust accuracy (per image the worst of L∞ "
+                        "PGD-margin, PGD-CE and APGD-T, 20 steps each) at ε=0.2 "
                         "(validation split, per-epoch proxy), 2 of 3 completed trials")
     assert lines[2].split() == ["trial_id", "clean_acc", "robust_acc", "lr", "steps"]
     assert lines[3].split() == ["b", "0.800", "0.400", "0.01", "5"]

@@ -148,6 +148,15 @@ def budget(attack: AttackSpec, spec: DataSpec, eps_eval: float | None = None) ->
     raise ValueError(f"{attack.name}: unknown budget kind {kind!r}; known: {', '.join(BUDGET_KINDS)}")
 
 
+def min_classes(attack: AttackSpec) -> int:
+    """The fewest classes the attack's loss is defined for: the DLR loss divides by the gap
+    between the top logit and the third (4 classes for its targeted form, which also needs a
+    third and fourth logit other than the true and the target's), the others need 2."""
+    if attack.params.get("n_targets"):
+        return 4
+    return 3 if attack.params.get("loss") == "dlr" else 2
+
+
 def run(attack: AttackSpec, model: Callable, x, y, eps: float, *, eot: int = 1, seed: int = 0,
         randomized: bool = False):
     """Call an attack with its registered parameters (``randomized``: with its overrides for a
@@ -161,5 +170,5 @@ def run(attack: AttackSpec, model: Callable, x, y, eps: float, *, eot: int = 1, 
     return attack.fn(model, x, y, eps, eot=eot, seed=seed, **params)
 
 
-__all__ = ["ATTACKS", "AttackSpec", "BUDGET_KINDS", "DEFAULT_SUITE", "budget", "run",
+__all__ = ["ATTACKS", "AttackSpec", "BUDGET_KINDS", "DEFAULT_SUITE", "budget", "min_classes", "run",
            "apgd", "pgd", "fgsm", "square", "stadv", "recolor", "jpeg", "corrupt"]

@@ -126,8 +126,11 @@ def settings(attack: AttackSpec, randomized: bool = False) -> tuple[int, int, in
 def attack_runs(suite: Iterable[AttackSpec], pred: Predictor, spec: DataSpec, eps_eval: float,
                 surrogate: Callable | None, calls: int) -> Iterator[AttackRun]:
     """Every run of ``suite`` against ``pred``, in suite order; each budget is computed as its
-    attack comes up."""
+    attack comes up. Attacks whose loss needs more classes than the data set has are skipped
+    (DLR needs 3, targeted DLR 4)."""
     for attack in suite:
+        if spec.classes < attacks.min_classes(attack):
+            continue
         eps = attacks.budget(attack, spec, eps_eval)
         randomized = pred.randomized and not attack.surrogate
         for suffix, target, k in variants(attack, pred, surrogate, calls):

@@ -140,7 +140,7 @@ class StoreCallback(ray.tune.Callback):
             **common, attack="clean", family="clean", threat=Threat.CLEAN, norm="none", eps=math.nan,
             accuracy=result["clean_acc"], restarts=0, iterations=0)
         # keyed by the stored attack name, as the rows read back on --resume are; the per-image
-        # worst of PGD-CE and PGD-margin (and their BPDA runs), so no single attack's name
+        # worst of PGD-margin, PGD-CE and APGD-T (and their BPDA runs), so no single attack's name
         attack = PROXY_ROW
         self.evals[(trial_id, Stage.TRIAL, epoch, attack)] = schema.eval_row(
             **common, attack=attack, family="proxy", threat=Threat.SEEN, norm="linf", eps=exp.eps_eval,
