@@ -32,7 +32,8 @@ from raysearch.search.cluster import LaunchError, _free_port, concurrency
 from tests.conftest import ROOT, run_cli
 
 RAY = str(Path(sys.executable).with_name("ray"))
-SMALL = ("--eval-size", "60", "--no-final-eval", "--eval-steps", "5")
+# the proxy after every epoch: these tests count every epoch's rows across kills and resumes
+SMALL = ("--eval-size", "60", "--no-final-eval", "--eval-steps", "5", "--eval-every", "1")
 
 
 def free_port() -> int:

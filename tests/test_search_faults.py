@@ -24,7 +24,8 @@ from raysearch.schema import Status
 from tests.conftest import ROOT, run_cli
 from tests.test_search_cluster import kill_tree, rows, wait_for
 
-SMALL = ("--eval-size", "60", "--eval-steps", "5", "--no-final-eval")
+# the proxy after every epoch: these tests count every epoch's rows across kills and resumes
+SMALL = ("--eval-size", "60", "--eval-steps", "5", "--eval-every", "1", "--no-final-eval")
 
 
 def start_cli(*args: str) -> subprocess.Popen:
