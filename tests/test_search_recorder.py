@@ -59,6 +59,20 @@ def test_an_epoch_updates_the_row_and_adds_its_two_proxy_rows(started, capsys):
     assert "trial t1 epoch 1/3: clean 0.500  robust 0.250" in capsys.readouterr().out
 
 
+def test_progress_says_which_epoch_the_proxy_comes_from(started, capsys):
+    """With --eval-every above 1, an epoch before the first proxy has none to print, and an epoch
+    between two proxies prints the last one with the epoch it was measured after."""
+    callback, trial, _ = started
+    nan = {"clean_acc": math.nan, "robust_acc": math.nan, "eval_n": 0}
+    callback.on_trial_result(1, [trial], trial, {**EPOCH, **nan, "proxy_epoch": 0})
+    callback.on_trial_result(2, [trial], trial, {**EPOCH, "epoch": 2, "proxy_epoch": 2})
+    callback.on_trial_result(3, [trial], trial, {**EPOCH, "epoch": 3, "proxy_epoch": 2})
+    out = capsys.readouterr().out
+    assert "trial t1 epoch 1/3: proxy not measured yet  (" in out and "nan" not in out
+    assert "trial t1 epoch 2/3: clean 0.500  robust 0.250  (" in out
+    assert "trial t1 epoch 3/3: clean 0.500  robust 0.250 (proxy of epoch 2)  (" in out
+
+
 def test_proxy_rows_say_how_the_proxy_measured(started):
     """Steps and restarts as the worker reports them (the experiment's --eval-steps and one
     restart where it does not), no queries, and the rand protocol for a randomized predictor

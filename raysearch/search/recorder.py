@@ -212,8 +212,15 @@ class StoreCallback(ray.tune.Callback):
         return sum(r["status"] != Status.RUNNING for r in self.trials.values())
 
     def _progress(self, trial, row, result):
-        print(f"    trial {trial.trial_id} epoch {int(result['epoch'])}/{self.exp.max_epochs}: "
-              f"clean {result['clean_acc']:.3f}  robust {result['robust_acc']:.3f}  "
+        epoch = int(result["epoch"])
+        measured = int(result.get("proxy_epoch", epoch))  # --eval-every: the epoch the proxy last ran after
+        if measured < 1:
+            what = "proxy not measured yet"
+        else:
+            what = f"clean {result['clean_acc']:.3f}  robust {result['robust_acc']:.3f}"
+            if measured != epoch:
+                what += f" (proxy of epoch {measured})"
+        print(f"    trial {trial.trial_id} epoch {epoch}/{self.exp.max_epochs}: {what}  "
               f"({time.time() - self.t0:.0f}s elapsed)", flush=True)
 
     def _write(self):
