@@ -42,7 +42,7 @@ def test_report_prints_the_front_its_hypervolume_and_each_failure(tmp_path, caps
     report(tmp_path)
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == ("Pareto front: clean accuracy vs proxy robust accuracy (per image the worst of L∞ "
-                        "PGD-margin, PGD-CE and APGD-T, 20 steps each) at ε=0.2 "
+                        "PGD-margin, PGD-CE and, on deterministic predictors, APGD-T, 20 steps each) at ε=0.2 "
                         "(validation split, per-epoch proxy), 2 of 3 completed trials")
     assert lines[2].split() == ["trial_id", "clean_acc", "robust_acc", "lr", "steps"]
     assert lines[3].split() == ["b", "0.800", "0.400", "0.01", "5"]

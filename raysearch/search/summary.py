@@ -31,7 +31,7 @@ def report(exp_dir: Path) -> None:
     front, hv = front_table(rows)
     eps = recorded["config"]["eps_eval"]
     print(f"\nPareto front: clean accuracy vs proxy robust accuracy (per image the worst of L∞ PGD-margin, "
-          f"PGD-CE and APGD-T, {recorded['config']['eval_steps']} steps each) at "
+          f"PGD-CE and, on deterministic predictors, APGD-T, {recorded['config']['eval_steps']} steps each) at "
           f"ε={eps:.4g} (validation split, per-epoch proxy), {len(front)} of "
           f"{sum(r['status'] == Status.COMPLETED for r in rows)} completed trials")
     if not front:
