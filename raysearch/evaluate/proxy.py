@@ -8,9 +8,9 @@ so the cross-entropy gradient vanishes while the margin loss still points across
 a test-time step that clips its input (atld's IMT) zeroes the real gradient, while its BPDA
 pipeline (the step taken as the identity in the backward pass) does not. And the final suite's
 worst case is a per-image union over many attacks, of which targeted APGD (one run per wrong
-class) fools the most images that the untargeted runs miss: without it the proxy stood 7–9
-points above the final worst case on adversarially trained digits models, and 3–4 points above
-with it (``bench/proxy_gap.py``). So every image is attacked with the registered ``pgd_cw``,
+class) fools the most images that the untargeted runs miss: without it the proxy stood 5–9
+points above the final worst case at the digits defaults of pgd_at, trades, rvs and ijsat, and
+1–4 points above with it, inside the final number's 95% interval (``bench/proxy_gap.py``). So every image is attacked with the registered ``pgd_cw``,
 ``pgd_ce`` and ``apgd_t`` of the final suite (``raysearch.attacks``; PGD: random start, step
 2.5·ε/steps, one restart; APGD-T: its 9 most likely wrong classes in turn), each with the
 proxy's steps, through the predictor's real backward pass and, where it has one, through its
