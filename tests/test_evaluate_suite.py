@@ -119,3 +119,14 @@ def test_attacks_whose_loss_needs_more_classes_are_left_out(digits, classes, lef
     runs = {r.attack.name for r in suite.attack_runs([attacks.ATTACKS[n] for n in seen], Predictor(nn.Identity()),
                                                      spec, 0.2, None, 1)}
     assert runs == set(seen) - left_out - {"transfer_pgd"}
+
+
+@pytest.mark.parametrize("classes, targets", [(4, 3), (6, 5), (10, 9), (100, 9)])
+def test_a_targeted_runs_restarts_count_the_targets_it_can_have(digits, classes, targets):
+    """APGD-T attacks at most the classes − 1 wrong classes there are: its row's restarts say
+    that many targets, not the registered nine, on a data set of fewer than ten classes."""
+    import dataclasses
+
+    spec = dataclasses.replace(digits.spec, classes=classes)
+    run, = suite.attack_runs([attacks.ATTACKS["apgd_t"]], Predictor(nn.Identity()), spec, 0.2, None, 1)
+    assert run.settings == (100, targets, 0)

@@ -40,7 +40,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from raysearch.attacks import ATTACKS, AttackSpec, apgd, core, memory, min_classes
-from raysearch.evaluate.suite import BPDA
+from raysearch.evaluate.suite import BPDA, settings
 from trainables.base import Predictor
 
 # the registry entries the proxy runs (margin first: on most models it fools more images, so
@@ -87,13 +87,10 @@ def run_params(attack: AttackSpec, steps: int) -> dict:
 
 
 def runs_per_image(pred: Predictor, classes: int, attacks: tuple[str, ...] = PROXY_ATTACKS) -> int:
-    """Attack runs from a fresh start an image may get from the proxy: every run's restarts,
-    × its targets for a targeted attack (at most ``classes`` − 1)."""
-    total = 0
-    for run in proxy_runs(pred, classes, attacks):
-        targets = run.attack.params.get("n_targets", 0)
-        total += RESTARTS * (min(targets, classes - 1) if targets else 1)
-    return total
+    """Attack runs from a fresh start an image may get from the proxy: every run's restarts
+    × targets, as the final suite counts them (``raysearch.evaluate.suite.settings``)."""
+    return sum(settings(run.attack, params={"restarts": RESTARTS}, classes=classes)[1]
+               for run in proxy_runs(pred, classes, attacks))
 
 
 def proxy_scores(pred: Predictor, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, eot: int,

@@ -92,6 +92,7 @@ class AttackRun:
     calls: int  # predictor calls per gradient and per score
     eps: float  # in the attack's norm's units
     randomized: bool  # with the attack's settings for randomized predictors
+    classes: int = 0  # the data set's; a targeted attack runs on at most classes − 1 targets
 
     @property
     def name(self) -> str:
@@ -104,23 +105,30 @@ class AttackRun:
     @property
     def settings(self) -> tuple[int, int, int]:
         """(iterations, restarts, queries) per image as this run spends them (see ``settings``)."""
-        return settings(self.attack, self.randomized)
+        return settings(self.attack, self.randomized, classes=self.classes)
 
 
-def settings(attack: AttackSpec, randomized: bool = False) -> tuple[int, int, int]:
+def settings(attack: AttackSpec, randomized: bool = False, params: dict | None = None,
+             classes: int = 0) -> tuple[int, int, int]:
     """(iterations, restarts, queries) per image of ``attack`` with its registered parameters
-    (``randomized``: with its overrides for randomized predictors) over its function's defaults:
-    iterations are ``steps`` or ``n_iter`` (a gradient attack without either takes one step,
-    FGSM; a gradient-free one none), restarts are ``restarts`` × ``n_targets`` targets, queries
-    are ``n_queries`` (0 where none applies)."""
-    params = {name: p.default for name, p in inspect.signature(attack.fn).parameters.items()
+    (``randomized``: with its overrides for randomized predictors; ``params``: with these over
+    them) over its function's defaults: iterations are ``steps`` or ``n_iter`` (a gradient
+    attack without either takes one step, FGSM; a gradient-free one none), restarts are
+    ``restarts`` × the targets of a targeted attack (``n_targets``, at most ``classes`` − 1
+    wrong classes when ``classes`` is given, as the attack itself caps them), queries are
+    ``n_queries`` (0 where none applies)."""
+    merged = {name: p.default for name, p in inspect.signature(attack.fn).parameters.items()
               if p.default is not inspect.Parameter.empty}
-    params.update(attack.params)
+    merged.update(attack.params)
     if randomized and attack.randomized is not None:
-        params.update(attack.randomized)
-    iterations = params.get("steps", params.get("n_iter", 1 if attack.gradient else 0))
-    restarts = params.get("restarts", 1) * max(1, params.get("n_targets", 0))
-    return int(iterations), int(restarts), int(params.get("n_queries", 0))
+        merged.update(attack.randomized)
+    merged.update(params or {})
+    iterations = merged.get("steps", merged.get("n_iter", 1 if attack.gradient else 0))
+    targets = merged.get("n_targets", 0)
+    if targets and classes:
+        targets = min(targets, classes - 1)
+    restarts = merged.get("restarts", 1) * max(1, targets)
+    return int(iterations), int(restarts), int(merged.get("n_queries", 0))
 
 
 def attack_runs(suite: Iterable[AttackSpec], pred: Predictor, spec: DataSpec, eps_eval: float,
@@ -134,7 +142,7 @@ def attack_runs(suite: Iterable[AttackSpec], pred: Predictor, spec: DataSpec, ep
         eps = attacks.budget(attack, spec, eps_eval)
         randomized = pred.randomized and not attack.surrogate
         for suffix, target, k in variants(attack, pred, surrogate, calls):
-            yield AttackRun(attack, suffix, target, k, eps, randomized)
+            yield AttackRun(attack, suffix, target, k, eps, randomized, spec.classes)
 
 
 def check_radii(eps_list: Iterable[float] | None) -> tuple[float, ...]:
