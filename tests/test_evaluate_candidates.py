@@ -71,6 +71,16 @@ def test_band_inside_on_the_edge_and_outside(rows):
     assert candidates.BAND_WIDTH == 0.03
 
 
+def test_the_band_trials_a_rule_leaves_out(rows):
+    """What the search's last lines offer to evaluate after a front-only evaluation: the band's
+    trials outside the front; none after the band or all."""
+    assert candidates.band_left_out(rows, candidates.select(rows, "front")) == ["C", "E", "H"]
+    assert candidates.band_left_out(rows, candidates.select(rows, "band")) == []
+    assert candidates.band_left_out(rows, candidates.select(rows, "all")) == []
+    assert candidates.band_left_out(rows, candidates.select(rows, "4")) == [
+        t for t in ("C", "E", "H") if t not in candidates.select(rows, "4").ids]
+
+
 def test_all(rows):
     chosen = candidates.select(rows, "all")
     assert chosen.ids == ("A", "M", "B", "C", "E", "D", "F", "H")

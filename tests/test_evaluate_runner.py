@@ -202,3 +202,25 @@ def test_robustness_curve_runs_the_seen_attacks_per_radius_and_changes_nothing_a
     accs = list(curve.values())
     assert all(b <= a for a, b in zip(accs, accs[1:])), curve
     assert accs[0] <= rep.clean_acc and accs[-1] < accs[0]
+
+
+def test_a_run_that_repeats_an_earlier_one_takes_its_images_instead_of_running_again(robust_model, test_images,
+                                                                                    digits):
+    """On a randomized predictor ``pgd_ce`` (one restart: the EOT draws stand in for restarts)
+    and the ε-sweep's ``pgd_eps_x1`` are the same PGD-50: the second is not run again (no
+    forward pass, 0 seconds, the first's per-image scores under its own name and threat). On a
+    deterministic predictor ``pgd_ce`` has five restarts, so both run."""
+    x, y = test_images[0][:40], test_images[1][:40]
+    names = ["pgd_ce", "pgd_eps_x1"]
+    for randomized in (True, False):
+        model = Noisy(robust_model, 0.1) if randomized else robust_model
+        rep = runner.evaluate_predictor(Predictor(model, randomized=randomized), x, y, digits.spec,
+                                        attacks=names, eot=2 if randomized else 1)
+        rows = {r.attack: r for r in rep.results}
+        assert set(rows) == set(names)
+        first, second = rows["pgd_ce"], rows["pgd_eps_x1"]
+        assert (first.threat, second.threat, second.family) == (Threat.SEEN, Threat.CHECK, "eps_sweep")
+        if randomized:
+            assert second.seconds == 0.0 and torch.equal(first.robust, second.robust)
+        else:
+            assert second.seconds > 0 and first.restarts == 5 and second.restarts == 1

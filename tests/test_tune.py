@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raysearch import store, tune
+from raysearch.evaluate import candidates
 from raysearch.pareto import hypervolume_2d, pareto_mask
 from raysearch.schema import Status
 from tests.conftest import TINY_TRIALS, python_c, run_cli
@@ -139,11 +140,22 @@ def test_eps_list_defaults_to_none_and_builtin_names_are_kept(tmp_path):
     assert exp.name.startswith("pgd_at-digits-")
 
 
-@pytest.mark.parametrize("given,rule", [(None, "band"), ("front", "front"), ("ALL", "all"), ("05", "5")])
-def test_final_candidates_default_to_the_band(tmp_path, given, rule):
+@pytest.mark.parametrize("method,given,rule", [("pgd_at", None, "band"), ("pgd_at", "front", "front"),
+                                               ("pgd_at", "ALL", "all"), ("pgd_at", "05", "5"),
+                                               ("atop", None, "front"), ("atop", "band", "band")])
+def test_final_candidates_default_to_the_band_and_to_the_front_for_a_randomized_defense(tmp_path, method, given,
+                                                                                        rule):
     flag = [] if given is None else ["--final-candidates", given]
-    args = tune.build_parser().parse_args(["--method", "pgd_at", "--storage-path", str(tmp_path), *flag])
+    args = tune.build_parser().parse_args(["--method", method, "--storage-path", str(tmp_path), *flag])
     assert tune.make_config(args).final_candidates == rule
+
+
+@pytest.mark.parametrize("method,given,size", [("pgd_at", None, 1000), ("atop", None, tune.RANDOMIZED_FINAL_SIZE),
+                                               ("atop", "50", 50)])
+def test_final_images_default_to_a_thousand_and_fewer_for_a_randomized_defense(tmp_path, method, given, size):
+    flag = [] if given is None else ["--final-eval-size", given]
+    args = tune.build_parser().parse_args(["--method", method, "--storage-path", str(tmp_path), *flag])
+    assert tune.make_config(args).final_eval_size == size
 
 
 def test_existing_name_is_never_overwritten(tmp_path, capsys):
@@ -203,6 +215,14 @@ def test_cli_search_writes_typed_results_and_prints_the_front(results_root):
     table = out.split("Pareto front:")[1].split("hypervolume")[0]
     assert {t for t in df.trial_id if t in table} == front_ids
     assert "streamlit run dashboard/app.py -- --results" in out and str(exp_dir) in out
+    # evaluated on the front only: the band's other trials are named with the command that adds them
+    left = candidates.band_left_out(store.read_rows(exp_dir / store.TRIALS),
+                                    candidates.select(store.read_rows(exp_dir / store.TRIALS), "front"))
+    said = [line for line in out.splitlines() if "not evaluated:" in line]
+    if left:
+        assert len(said) == 1 and said[0].endswith(f"--only-trials --trials {' '.join(left)}"), said
+    else:
+        assert said == []
 
 
 @pytest.mark.slow

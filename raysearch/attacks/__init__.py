@@ -157,18 +157,25 @@ def min_classes(attack: AttackSpec) -> int:
     return 3 if attack.params.get("loss") == "dlr" else 2
 
 
-def run(attack: AttackSpec, model: Callable, x, y, eps: float, *, eot: int = 1, seed: int = 0,
-        randomized: bool = False):
-    """Call an attack with its registered parameters (``randomized``: with its overrides for a
-    randomized predictor, ``eot`` calls per query or gradient unless they fix it)."""
+def run_params(attack: AttackSpec, randomized: bool = False) -> dict[str, Any]:
+    """The attack's registered parameters, with its overrides for a randomized predictor when
+    ``randomized`` (an "eot" among them fixes the calls per query or gradient)."""
     params = dict(attack.params)
     if randomized:
         if attack.randomized is None:
             raise ValueError(f"{attack.name} is not run on randomized predictors")
         params.update(attack.randomized)
-        eot = params.pop("eot", eot)
+    return params
+
+
+def run(attack: AttackSpec, model: Callable, x, y, eps: float, *, eot: int = 1, seed: int = 0,
+        randomized: bool = False):
+    """Call an attack with its registered parameters (``randomized``: with its overrides for a
+    randomized predictor, ``eot`` calls per query or gradient unless they fix it)."""
+    params = run_params(attack, randomized)
+    eot = params.pop("eot", eot)
     return attack.fn(model, x, y, eps, eot=eot, seed=seed, **params)
 
 
-__all__ = ["ATTACKS", "AttackSpec", "BUDGET_KINDS", "DEFAULT_SUITE", "budget", "min_classes", "run",
+__all__ = ["ATTACKS", "AttackSpec", "BUDGET_KINDS", "DEFAULT_SUITE", "budget", "min_classes", "run", "run_params",
            "apgd", "pgd", "fgsm", "square", "stadv", "recolor", "jpeg", "corrupt"]

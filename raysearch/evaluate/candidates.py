@@ -22,6 +22,15 @@ FRONT, BAND, ALL = "front", "band", "all"
 RULES = (FRONT, BAND, ALL)
 DEFAULT_RULE = BAND
 
+
+def default_rule(randomized: bool) -> str:
+    """The search's default rule: the band, or the front alone for a randomized defense, whose
+    suite costs about a hundred times a deterministic one's per image (20 EOT draws per gradient,
+    20 scoring calls): its images go to a tighter interval on the front's trials instead of to
+    more trials (the band's can be evaluated afterwards, ``python -m raysearch.evaluate
+    --only-trials --trials ...``, as the search's last lines say)."""
+    return FRONT if randomized else BAND
+
 # The band: every trial that would be on the proxy front if each proxy accuracy were off by up to
 # half the width either way (no front point beats it by more than the width in both). 0.03: the
 # proxy measures on a few hundred validation images (500 by default; digits' whole split is 180),
@@ -139,6 +148,11 @@ class Selection:
         fewer = f" (only {len(self.ids)} completed)" if len(self.ids) < int(self.rule) else ""
         return (f"the {self.rule} best by non-dominated sorting of the proxy accuracies{fewer}: front {on_front} of "
                 f"{len(self.front)}, next fronts {others}")
+
+
+def band_left_out(rows: Sequence[dict[str, Any]], chosen: Selection) -> list[str]:
+    """The band's trials that ``chosen`` does not include, in the rows' order."""
+    return [t for t in select(rows, BAND).ids if t not in chosen.ids]
 
 
 def select(rows: Sequence[dict[str, Any]], rule: str) -> Selection:

@@ -9,11 +9,16 @@ image, and its value under an attack is min(clean score, attacked score), the cl
 being inside every ball. Only images with a clean score above 0 (or a correct clean vote) are
 attacked. A deterministic predictor is scored on one call, as before.
 
+A run that computes what an earlier one did (``AttackRun.key``: on a randomized predictor
+``pgd_ce`` and the ε-sweep's ``pgd_eps_x1`` are both PGD-50 with one restart and cross-entropy)
+is not repeated: its row carries the earlier run's per-image scores and 0 seconds.
+
 Before any attack, the clean images' input gradients and softmax outputs are measured on the
 real predictor for the zero-gradient and saturated-softmax checks (one EOT gradient per image);
 after the suite, every masking check whose attacks ran (``checks.masking_checks``)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Callable, Iterable
@@ -97,16 +102,23 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
         if progress is not None:
             progress(msg)
 
+    done: dict[tuple, AttackResult] = {}
+
     def run_attack(run: AttackRun) -> AttackResult:
         attack = run.attack
+        same = done.get(run.key)
+        if same is not None:  # this very attack ran under another name: its images, no seconds
+            return dataclasses.replace(same, attack=run.name, family=attack.family, threat=attack.threat,
+                                       seconds=0.0)
         t0 = time.perf_counter()
         x_adv = _attack_images(run, run.target, xc, yc, run.eps, run.calls, seed, batch_size, chunk)
         checks.check_budget(attack, xc, x_adv, run.eps)
         robust, vote = score(x_adv)
         iterations, restarts, queries = run.settings
-        return AttackResult(run.name, attack.family, attack.threat, attack.norm, run.eps, robust, rep.eot,
-                            time.perf_counter() - t0, attack.gradient, attack.surrogate, scored, vote,
-                            iterations=iterations, restarts=restarts, queries=queries)
+        done[run.key] = AttackResult(run.name, attack.family, attack.threat, attack.norm, run.eps, robust, rep.eot,
+                                     time.perf_counter() - t0, attack.gradient, attack.surrogate, scored, vote,
+                                     iterations=iterations, restarts=restarts, queries=queries)
+        return done[run.key]
 
     for run in attack_runs(suite, pred, spec, eps_eval, surrogate, calls):
         res = run_attack(run)

@@ -103,6 +103,15 @@ class AttackRun:
         return attacks.run(self.attack, model, x, y, eps, eot=eot, seed=seed, randomized=self.randomized)
 
     @property
+    def key(self) -> tuple:
+        """What the run computes: two runs with equal keys are the same attack (function,
+        parameters, budget, model attacked, calls per gradient), e.g. ``pgd_ce`` and the
+        ε-sweep's ``pgd_eps_x1`` on a randomized predictor, where both are PGD-50 with one
+        restart and cross-entropy."""
+        params = attacks.run_params(self.attack, self.randomized)
+        return (self.attack.fn, id(self.target), self.calls, round(self.eps, 12), tuple(sorted(params.items())))
+
+    @property
     def settings(self) -> tuple[int, int, int]:
         """(iterations, restarts, queries) per image as this run spends them (see ``settings``)."""
         return settings(self.attack, self.randomized, classes=self.classes)
@@ -119,9 +128,7 @@ def settings(attack: AttackSpec, randomized: bool = False, params: dict | None =
     ``n_queries`` (0 where none applies)."""
     merged = {name: p.default for name, p in inspect.signature(attack.fn).parameters.items()
               if p.default is not inspect.Parameter.empty}
-    merged.update(attack.params)
-    if randomized and attack.randomized is not None:
-        merged.update(attack.randomized)
+    merged.update(attacks.run_params(attack, randomized and attack.randomized is not None))
     merged.update(params or {})
     iterations = merged.get("steps", merged.get("n_iter", 1 if attack.gradient else 0))
     targets = merged.get("n_targets", 0)

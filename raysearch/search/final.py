@@ -1,6 +1,7 @@
 """The hand-off from a finished search to the final evaluation: the full attack suite
 (``raysearch.evaluate``) on the candidates of ``--final-candidates`` (by default the proxy front
-and the trials near it), on the test split, each trial a Ray task."""
+and the trials near it; the front alone for a randomized defense), on the test split, each trial a
+Ray task."""
 from __future__ import annotations
 
 import sys
@@ -22,9 +23,15 @@ def final_evaluation(exp: ExperimentConfig) -> None:
     trial evaluated. ``exp.eps_list`` adds a robustness curve: the seen attacks again at each
     of its radii (each one more run of the seen suite)."""
     curve = f"; robustness curve at eps {', '.join(f'{r:g}' for r in exp.eps_list)}" if exp.eps_list else ""
-    chosen = candidates.select(store.read_rows(exp.exp_dir / store.TRIALS), exp.final_candidates)
+    rows = store.read_rows(exp.exp_dir / store.TRIALS)
+    chosen = candidates.select(rows, exp.final_candidates)
     print(f"\nfinal evaluation: full attack suite on {len(chosen.ids)} candidate(s): {chosen.describe()}; "
           f"{exp.final_eval_size} test images, EOT {exp.eot_samples} for randomized predictors{curve}", flush=True)
+    left = candidates.band_left_out(rows, chosen)
+    if left:
+        print(f"  not evaluated: {len(left)} trial(s) within {candidates.BAND_WIDTH:g} of the proxy front; to add "
+              f"them: python -m raysearch.evaluate --experiment {exp.exp_dir} --only-trials --trials "
+              f"{' '.join(left)}", flush=True)
     try:
         summary = eval_trials.evaluate_experiment(
             exp.exp_dir, subset=exp.final_eval_size, eot=exp.eot_samples, data_dir=exp.data_dir,
