@@ -211,7 +211,7 @@ def test_a_run_that_repeats_an_earlier_one_takes_its_images_instead_of_running_a
     forward pass, 0 seconds, the first's per-image scores under its own name and threat). On a
     deterministic predictor ``pgd_ce`` has five restarts, so both run."""
     x, y = test_images[0][:40], test_images[1][:40]
-    names = ["pgd_ce", "pgd_eps_x1"]
+    names = ["pgd_ce", "pgd_eps_x1", "gaussian_noise_s1", "gaussian_noise_s3"]  # corruptions: no ε (NaN)
     for randomized in (True, False):
         model = Noisy(robust_model, 0.1) if randomized else robust_model
         rep = runner.evaluate_predictor(Predictor(model, randomized=randomized), x, y, digits.spec,
@@ -224,3 +224,4 @@ def test_a_run_that_repeats_an_earlier_one_takes_its_images_instead_of_running_a
             assert second.seconds == 0.0 and torch.equal(first.robust, second.robust)
         else:
             assert second.seconds > 0 and first.restarts == 5 and second.restarts == 1
+        assert rows["gaussian_noise_s1"].seconds > 0 and rows["gaussian_noise_s3"].seconds > 0

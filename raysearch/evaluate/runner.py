@@ -115,10 +115,11 @@ def evaluate_predictor(pred: Predictor, x: torch.Tensor, y: torch.Tensor, spec: 
         checks.check_budget(attack, xc, x_adv, run.eps)
         robust, vote = score(x_adv)
         iterations, restarts, queries = run.settings
-        done[run.key] = AttackResult(run.name, attack.family, attack.threat, attack.norm, run.eps, robust, rep.eot,
-                                     time.perf_counter() - t0, attack.gradient, attack.surrogate, scored, vote,
-                                     iterations=iterations, restarts=restarts, queries=queries)
-        return done[run.key]
+        result = AttackResult(run.name, attack.family, attack.threat, attack.norm, run.eps, robust, rep.eot,
+                              time.perf_counter() - t0, attack.gradient, attack.surrogate, scored, vote,
+                              iterations=iterations, restarts=restarts, queries=queries)
+        done[run.key] = result
+        return result
 
     for run in attack_runs(suite, pred, spec, eps_eval, surrogate, calls):
         res = run_attack(run)

@@ -109,7 +109,8 @@ class AttackRun:
         ε-sweep's ``pgd_eps_x1`` on a randomized predictor, where both are PGD-50 with one
         restart and cross-entropy."""
         params = attacks.run_params(self.attack, self.randomized)
-        return (self.attack.fn, id(self.target), self.calls, round(self.eps, 12), tuple(sorted(params.items())))
+        eps = round(self.eps, 12) if math.isfinite(self.eps) else None  # NaN (no budget) never equals itself
+        return (self.attack.fn, id(self.target), self.calls, eps, tuple(sorted(params.items())))
 
     @property
     def settings(self) -> tuple[int, int, int]:
