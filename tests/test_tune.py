@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sqlite3
 
 import numpy as np
@@ -223,6 +224,27 @@ def test_cli_search_writes_typed_results_and_prints_the_front(results_root):
         assert len(said) == 1 and said[0].endswith(f"--only-trials --trials {' '.join(left)}"), said
     else:
         assert said == []
+
+
+@pytest.mark.slow
+def test_a_final_evaluation_that_fails_says_why_and_reports_the_failure(results_root, tmp_path, capsys):
+    """The search's exit code comes from here: a final evaluation that cannot evaluate its
+    candidates (their checkpoints gone: the results files copied without them) prints one line
+    on stderr and returns False, and writes nothing over the stored results."""
+    from raysearch.config import ExperimentConfig
+    from raysearch.search.final import final_evaluation
+
+    src, dst = results_root / "tiny-pgd_at", tmp_path / "tiny-pgd_at"
+    dst.mkdir()
+    for name in (store.TRIALS, store.EVALS, store.EXPERIMENT):
+        shutil.copy(src / name, dst / name)
+    before = {name: (dst / name).read_bytes() for name in (store.TRIALS, store.EVALS)}
+    exp = ExperimentConfig(method="pgd_at", storage_path=str(tmp_path), name="tiny-pgd_at", final_eval_size=40,
+                           final_candidates="front")
+    assert final_evaluation(exp) is False
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("final evaluation failed:") and "checkpoint" in err[0], err
+    assert {name: (dst / name).read_bytes() for name in before} == before
 
 
 @pytest.mark.slow

@@ -15,13 +15,14 @@ from raysearch.evaluate import candidates
 from raysearch.evaluate import trials as eval_trials
 
 
-def final_evaluation(exp: ExperimentConfig) -> None:
+def final_evaluation(exp: ExperimentConfig) -> bool:
     """The full attack suite on the candidates of ``exp.final_candidates``, on the test split,
     each trial a Ray task with a worker's resources (so candidates run side by side where the
     cluster has room, on a GPU when workers have one); prints how many candidates and why, a
     line as each finishes, then the tables and the fronts recomputed per attack over every
     trial evaluated. ``exp.eps_list`` adds a robustness curve: the seen attacks again at each
-    of its radii (each one more run of the seen suite)."""
+    of its radii (each one more run of the seen suite). Returns whether every candidate was
+    evaluated; a failure is printed on stderr and loses no other trial's results."""
     curve = f"; robustness curve at eps {', '.join(f'{r:g}' for r in exp.eps_list)}" if exp.eps_list else ""
     rows = store.read_rows(exp.exp_dir / store.TRIALS)
     chosen = candidates.select(rows, exp.final_candidates)
@@ -42,10 +43,11 @@ def final_evaluation(exp: ExperimentConfig) -> None:
             threads=None if exp.gpus_per_worker else max(1, int(exp.cpus_per_worker)))
     except eval_trials.EvalError as e:
         print(f"final evaluation failed: {e}", file=sys.stderr)
-        return
+        return False
     print(summary["report"], flush=True)
     for tid, why in summary["failed"].items():
         print(f"final evaluation of trial {tid} failed: {why}", file=sys.stderr)
+    return not summary["failed"]
 
 
 def ray_runner(exp: ExperimentConfig, heartbeat_s: float = 60.0):

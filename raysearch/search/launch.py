@@ -29,7 +29,8 @@ from raysearch.search.trial import run_trial
 
 
 def run(exp: ExperimentConfig) -> int:
-    """Run the search ``exp`` describes; 0 when it ran to its end. Raises LaunchError for a
+    """Run the search ``exp`` describes; 0 when it ran to its end, 1 when the final evaluation
+    of a candidate failed (the search's results are stored). Raises LaunchError for a
     problem with the cluster or the experiment folder."""
     exp_dir = exp.exp_dir
     entries = space_data(exp)  # the search space as searched on this data set (experiment.json)
@@ -66,11 +67,10 @@ def run(exp: ExperimentConfig) -> int:
         tuner.fit()
         print(f"search finished in {time.time() - t0:.0f}s", flush=True)
         report(exp_dir)
-        if exp.final_eval:
-            final_evaluation(exp)
+        evaluated = final_evaluation(exp) if exp.final_eval else True
         print(f"\nresults: {exp_dir}\n  trials.parquet, evals.parquet, experiment.json")
         print(f"dashboard: streamlit run dashboard/app.py -- --results {exp.storage_path}")
-        return 0
+        return 0 if evaluated else 1  # the search's results are stored either way
     finally:
         ray.shutdown()
 
